@@ -1,0 +1,93 @@
+"""Checkpoints: crash-safe saving, safe loading (no pickle), and loading a trained model.
+
+A checkpoint is a dict of tensors and plain values (str/int/float/bool/list/dict):
+`model`, `optimizer`, `scaler`, `model_args`, `config`, `tokenizer`, `iter_num`,
+`best_val_loss`, `rng`. It is written to a temporary file in the same directory, fsynced,
+then renamed over the old one, so a crash leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+
+from nanogpt.data import tokenizer_from_dict
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig
+
+CKPT_NAME = "ckpt.pt"
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Write payload to path atomically: tmp file, flush, fsync, rename, fsync the dir."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """torch.load with weights_only=True; a missing or damaged file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged or not a nanogpt checkpoint "
+                              f"({first[:200]})") from None
+    except Exception as e:  # the unpickler refusing a non-weights object lands here too
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely "
+                              f"({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path} is not a nanogpt checkpoint (no model/model_args)")
+    return ckpt
+
+
+def checkpoint_path(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / CKPT_NAME
+
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu",
+                          dropout: float | None = None) -> GPT:
+    args = dict(ckpt["model_args"])
+    if dropout is not None:
+        args["dropout"] = dropout
+    model = GPT(GPTConfig(**args))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
+def load_model(out_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer) from the checkpoint in out_dir. For notebooks:
+
+        model, tok = load_model("out-shakespeare-char")
+    """
+    path = checkpoint_path(out_dir)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in {out_dir} (expected {path}); train first "
+                              f"or pass the out_dir you trained into")
+    ckpt = load_checkpoint(path, map_location=device)
+    model = model_from_checkpoint(ckpt, device)
+    model.eval()
+    return model, tokenizer_from_dict(ckpt["tokenizer"])

@@ -1,0 +1,202 @@
+"""Command-line entry points behind train.py and sample.py.
+
+User mistakes end as one line on stderr and a non-zero exit; `--debug` (or NANOGPT_DEBUG=1)
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_USER_ERROR = 2
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines to stdout without tearing an active progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging must never kill training
+            self.handleError(record)
+
+
+def setup_logging(enabled: bool = True) -> None:
+    logger = logging.getLogger("nanogpt")
+    logger.handlers[:] = [_TqdmHandler()]
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    logger.propagate = False
+
+
+def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
+    debug = os.environ.get("NANOGPT_DEBUG", "") not in ("", "0")
+    rest = [a for a in argv if a != "--debug"]
+    return rest, debug or len(rest) != len(argv)
+
+
+def _run_guarded(body: Callable[[], int], debug: bool) -> int:
+    from nanogpt.errors import TrainingStopped, UserError
+
+    try:
+        return body()
+    except TrainingStopped as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("aborted", file=sys.stderr)
+        return 130
+
+
+# ---- train ----
+
+TRAIN_USAGE = """usage: python train.py [--config FILE | FILE ...] [--key=value | --key value ...]
+
+Config files are Python assignments; later files and flags win. Keys (default, meaning):
+"""
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    if "-h" in argv or "--help" in argv:
+        from nanogpt.config import help_text
+
+        print(TRAIN_USAGE + help_text())
+        return 0
+    return _run_guarded(lambda: _train(argv), debug)
+
+
+def _train(argv: list[str]) -> int:
+    from nanogpt import common
+    from nanogpt.config import parse_args
+    from nanogpt.trainer import train
+
+    cfg = parse_args(argv)
+    dist = common.dist_from_env()
+    setup_logging(enabled=dist.is_master)
+    if not dist.enabled:
+        train(cfg)
+        return 0
+    import dataclasses
+
+    device = common.init_distributed(dist, common.resolve_device(cfg.device))
+    try:
+        train(dataclasses.replace(cfg, device=device), dist)
+    finally:
+        common.cleanup_distributed()
+    return 0
+
+
+# ---- sample ----
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        from nanogpt.errors import UserError
+
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="sample.py", description="Sample text from a trained nanogpt model.")
+    p.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
+    p.add_argument("--start", default="\n",
+                   help="prompt text, or FILE:path to read the prompt from a file")
+    p.add_argument("--num_samples", type=int, default=10, help="samples, generated as one batch")
+    p.add_argument("--max_new_tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top_k", type=int, default=200, help="keep the k most likely; 0 disables")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling; 1.0 disables")
+    p.add_argument("--stop", action="append", default=[],
+                   help="end a sample at this string (repeatable); \\n escapes work")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
+    return p
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    return _run_guarded(lambda: _sample(argv), debug)
+
+
+def _read_prompt(start: str) -> str:
+    from nanogpt.errors import UserError
+
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"cannot read the prompt file {path!r} given by --start: "
+                        f"{e.strerror or e}") from None
+
+
+def _unescape(s: str) -> str:
+    return s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
+
+
+def _sample(argv: list[str]) -> int:
+    args = sample_parser().parse_args(argv)
+    from nanogpt.errors import UserError
+
+    if args.num_samples < 1:
+        raise UserError(f"num_samples must be >= 1, got {args.num_samples}")
+    if args.max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
+        raise UserError("top_k must be >= 0 and top_p in (0, 1]")
+    prompt = _read_prompt(args.start)
+
+    import torch
+
+    from nanogpt import common
+    from nanogpt.checkpoint import load_model
+    from nanogpt.sampling import generate_text
+
+    device = common.resolve_device(args.device)
+    model, tokenizer = load_model(args.out_dir, device)
+    dtype = common.resolve_dtype("auto", device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty; pass --start with at least one character")
+
+    separator = "\n---------------\n"
+    out = sys.stdout
+
+    def stream_first(i: int, piece: str) -> None:
+        if i == 0:
+            out.write(piece)
+            out.flush()
+
+    out.write(prompt)
+    with common.autocast(device, dtype):
+        texts = generate_text(model, tokenizer.encode, tokenizer.decode, prompt,
+                              num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, top_k=args.top_k or None,
+                              top_p=args.top_p, stop=[_unescape(s) for s in args.stop],
+                              generator=generator, use_cache=not args.no_cache,
+                              on_text=stream_first)
+    out.write(separator)
+    for text in texts[1:]:
+        out.write(prompt + text + separator)
+    out.flush()
+    return 0

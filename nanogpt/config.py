@@ -1,0 +1,275 @@
+"""Training configuration: one dataclass, Python config files, and command-line overrides.
+
+A config file is plain Python assignments (`n_layer = 6`). It runs in a fresh namespace;
+every public name it leaves behind must be a TrainConfig field. Command-line overrides come
+as `--key=value` or `--key value` and are converted to the field's type. Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import runpy
+import types
+import typing
+from dataclasses import dataclass, field, fields
+
+from nanogpt.errors import UserError
+
+
+class ConfigError(UserError):
+    """A user mistake in the configuration: shown as one line, never as a traceback."""
+
+
+def _f(default, help: str):  # noqa: A002 - 'help' reads best at the call sites
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = _f("out", "Directory for ckpt.pt and log.jsonl.")
+    eval_interval: int = _f(2000, "Evaluate train/val loss every this many iterations.")
+    log_interval: int = _f(1, "Log the training loss every this many iterations.")
+    eval_iters: int = _f(200, "Batches per split in each evaluation.")
+    eval_only: bool = _f(False, "Evaluate once and exit.")
+    always_save_checkpoint: bool = _f(True, "Save at every eval, not only when val improves.")
+    init_from: str = _f("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or a GPT-2 name.")
+    overwrite: bool = _f(False, "Allow a scratch run to replace an existing checkpoint.")
+    # data
+    dataset: str = _f("shakespeare_char", "Dataset directory name under data_dir.")
+    data_dir: str = _f("data", "Where dataset directories live.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    batch_size: int = _f(12, "Sequences per micro-batch.")
+    block_size: int = _f(1024, "Context length in tokens.")
+    # model
+    n_layer: int = _f(12, "Transformer blocks.")
+    n_head: int = _f(12, "Attention heads per block.")
+    n_embd: int = _f(768, "Embedding width.")
+    dropout: float = _f(0.0, "Dropout probability (0 for pretraining, 0.1+ for finetuning).")
+    bias: bool = _f(False, "Biases in Linear and LayerNorm layers.")
+    vocab_size: typing.Optional[int] = _f(None, "Vocabulary size; None takes the dataset's.")
+    attention: str = _f("auto", "'auto', 'flash' (scaled_dot_product_attention) or 'manual'.")
+    # optimizer
+    learning_rate: float = _f(6e-4, "Peak learning rate.")
+    max_iters: int = _f(600000, "Total optimizer steps.")
+    weight_decay: float = _f(1e-1, "AdamW weight decay (matrices and embeddings only).")
+    beta1: float = _f(0.9, "AdamW beta1.")
+    beta2: float = _f(0.95, "AdamW beta2.")
+    grad_clip: float = _f(1.0, "Clip the gradient norm to this value; 0 disables.")
+    # learning rate schedule
+    decay_lr: bool = _f(True, "Warmup then cosine decay; False keeps learning_rate constant.")
+    warmup_iters: int = _f(2000, "Linear warmup steps.")
+    lr_decay_iters: typing.Optional[int] = _f(None, "Cosine decay ends here; None: max_iters.")
+    min_lr: float = _f(6e-5, "Learning rate floor after decay.")
+    # system
+    device: str = _f("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
+    dtype: str = _f("auto", "'auto', 'float32', 'bfloat16' or 'float16' (autocast).")
+    compile: str = _f("auto", "torch.compile: 'auto' (on CUDA only), True or False.")
+    seed: int = _f(1337, "Seed for weights, batches and dropout.")
+    num_threads: int = _f(0, "CPU threads for torch; 0 keeps torch's default.")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+INIT_FROM = ("scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the key for any value or combination that cannot work."""
+    positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
+                "batch_size", "block_size", "n_layer", "n_head", "n_embd")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("max_iters", "warmup_iters", "num_threads"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}); "
+                          f"try n_embd={cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.vocab_size is not None and cfg.vocab_size < 1:
+        raise ConfigError(f"vocab_size must be >= 1 (or None), got {cfg.vocab_size}")
+    if cfg.learning_rate <= 0 or cfg.min_lr < 0:
+        raise ConfigError("learning_rate must be > 0 and min_lr >= 0")
+    if cfg.min_lr > cfg.learning_rate:
+        raise ConfigError(f"min_lr ({cfg.min_lr}) must not exceed learning_rate "
+                          f"({cfg.learning_rate})")
+    if cfg.lr_decay_iters is not None and cfg.lr_decay_iters < 1:
+        raise ConfigError(f"lr_decay_iters must be >= 1 (or None), got {cfg.lr_decay_iters}")
+    if cfg.grad_clip < 0 or cfg.weight_decay < 0:
+        raise ConfigError("grad_clip and weight_decay must be >= 0")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.init_from not in INIT_FROM:
+        raise ConfigError(f"init_from must be one of {', '.join(INIT_FROM)}; "
+                          f"got {cfg.init_from!r}")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
+    if cfg.attention not in ("auto", "flash", "manual"):
+        raise ConfigError(f"attention must be auto, flash or manual; got {cfg.attention!r}")
+    if cfg.compile not in ("auto", "True", "False"):
+        raise ConfigError(f"compile must be auto, True or False; got {cfg.compile!r}")
+    dev = cfg.device.split(":")[0]
+    if dev not in ("auto", "cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
+    if not cfg.dataset or os.sep in cfg.dataset:
+        raise ConfigError(f"dataset must be a directory name under data_dir, got {cfg.dataset!r}")
+
+
+# ---- converting strings to field types ----
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _field_types() -> dict[str, object]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def _unwrap_optional(tp) -> tuple[object, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def convert(key: str, value: object) -> object:
+    """Convert value (a string from the command line, or a Python value from a config file)
+    to the type of TrainConfig field `key`; raise ConfigError naming the key on failure."""
+    tp, optional = _unwrap_optional(_field_types()[key])
+    if key == "compile":  # 'auto' or a bool, stored as a string
+        if isinstance(value, bool):
+            return str(value)
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return "True"
+        if text in _FALSE:
+            return "False"
+        if text == "auto":
+            return "auto"
+        raise ConfigError(f"compile must be auto, True or False; got {value!r}")
+    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
+        if optional:
+            return None
+        raise ConfigError(f"{key} cannot be None")
+    if isinstance(value, str):
+        return _parse_str(key, value, tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r} "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _parse_str(key: str, text: str, tp) -> object:
+    try:
+        if tp is bool:
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if tp is int:
+            as_float = float(text)
+            if not as_float.is_integer():
+                raise ValueError
+            return int(as_float) if "e" in text.lower() else int(text)
+        if tp is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise ConfigError(f"{key} must be {tp.__name__}, got {text!r}") from None
+
+
+def _unknown_key(key: str) -> ConfigError:
+    names = [f.name for f in fields(TrainConfig)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see README for the keys"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+# ---- config files and argv ----
+
+def load_config_file(path: str) -> dict[str, object]:
+    """Run a Python config file and return its public assignments."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        namespace = runpy.run_path(path)
+    except Exception as e:  # the user's file: report where it failed, not our stack
+        raise ConfigError(f"config file {path} raised {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split argv into config files (positional or --config) and (key, value) overrides.
+
+    `--key=value`, `--key value` and, for a bool key, a bare `--key` (meaning True).
+    """
+    bool_keys = {f.name for f in fields(TrainConfig) if _field_types()[f.name] is bool}
+    files: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            files.append(arg)
+            i += 1
+            continue
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if key in bool_keys and (nxt is None or nxt.startswith("--")):
+                value = "True"
+            elif nxt is None:
+                raise ConfigError(f"--{key} needs a value (--{key}=VALUE)")
+            else:
+                value = nxt
+                i += 1
+        if key == "config":
+            files.append(value)
+        else:
+            pairs.append((key, value))
+        i += 1
+    return files, pairs
+
+
+def parse_args(argv: list[str], base: dict[str, object] | None = None) -> TrainConfig:
+    """Build a TrainConfig from config files and overrides, later ones winning."""
+    files, pairs = split_argv(argv)
+    values: dict[str, object] = dict(base or {})
+    known = {f.name for f in fields(TrainConfig)}
+    for path in files:
+        for key, value in load_config_file(path).items():
+            if key not in known:
+                raise ConfigError(f"{path}: " + str(_unknown_key(key)))
+            values[key] = convert(key, value)
+    for key, value in pairs:
+        if key not in known:
+            raise _unknown_key(key)
+        values[key] = convert(key, value)
+    return TrainConfig(**values)
+
+
+def format_config(cfg: TrainConfig) -> str:
+    return "\n".join(f"  {k} = {v!r}" for k, v in cfg.to_dict().items())
+
+
+def help_text() -> str:
+    rows = [f"  --{f.name}={f.default!r}  {f.metadata.get('help', '')}" for f in fields(TrainConfig)]
+    return "\n".join(rows)

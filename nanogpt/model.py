@@ -1,0 +1,285 @@
+"""The GPT model: a GPT-2 style decoder-only transformer in one file.
+
+Parameter names follow OpenAI's GPT-2 (`transformer.wte`, `h.N.attn.c_attn`, `lm_head`, ...)
+so that GPT-2 weights load by name. Shape letters: B batch, T time, C channels (n_embd),
+H heads, D head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+ATTENTION_IMPLS = ("auto", "flash", "manual")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    """Longest context the model sees (number of learned positions)."""
+    vocab_size: int = 50304
+    """Number of token ids (GPT-2's 50257 padded up to a multiple of 64)."""
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    """Biases in Linear and LayerNorm layers (GPT-2 has them; False is a bit faster)."""
+    attention: str = "auto"
+    """'flash' (scaled_dot_product_attention), 'manual' (masked softmax) or 'auto' (fastest)."""
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's LayerNorm has no bias=False before 2.1)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # 'auto' takes the fused kernel: on every device we tried it is faster and never
+        # materialises the T x T attention matrix; 'manual' stays for reading and checking.
+        self.use_flash = config.attention in ("auto", "flash")
+
+    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, H, T, D)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        y = self._attend(q, k, v)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of q (B, H, Tq, D) over k, v (B, H, Tk, D), Tk >= Tq.
+
+        The queries are the last Tq positions of the Tk keys (a KV cache prefix may come first).
+        """
+        Tq, Tk = q.size(-2), k.size(-2)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.use_flash:
+            if Tq == Tk:
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            if Tq == 1:  # one new token sees every cached key: no mask needed
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            mask = _causal_mask(Tq, Tk, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(~_causal_mask(Tq, Tk, q.device), float("-inf"))
+        att = self.attn_dropout(F.softmax(att, dim=-1))
+        return att @ v
+
+
+def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
+    """(Tq, Tk) bool mask, True where query i (at absolute position Tk - Tq + i) may look."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of one attention layer, for incremental decoding.
+
+    Buffers are not persistent: they never enter a state_dict or the optimizer.
+    """
+
+    def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_size)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (B, H, T, D); return every cached key and value so far."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.k.size(2)}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled down so the residual stream does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embeddings (as GPT-2 papers count).
+
+        The token embeddings count once: they are shared with lm_head.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_caches: list[KVCache] | None = None, start_pos: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits, loss).
+
+        With targets (B, T), logits are (B, T, V) and loss is the mean cross-entropy
+        (targets of -1 are ignored). Without targets only the last position is computed:
+        logits (B, 1, V), loss None. kv_caches / start_pos are for incremental decoding.
+        """
+        B, T = idx.size()
+        if start_pos + T > self.config.block_size:
+            raise ValueError(f"cannot forward {start_pos + T} positions: block_size is "
+                             f"{self.config.block_size}")
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_caches[i] if kv_caches is not None else None)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context length (e.g. to finetune GPT-2 at 256 instead of 1024)."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in 1..{self.config.block_size}, got {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float,
+                             betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
+        """AdamW that decays matrices and embeddings (dim >= 2) but not biases or norms."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N for the matmuls plus 12*L*C*T for attention (PaLM)."""
+        cfg = self.config
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def estimate_mfu(self, tokens_per_iter: int, seconds_per_iter: float,
+                     peak_flops: float) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s over peak_flops.
+
+        peak_flops comes from nanogpt.common.peak_flops(device, dtype) or a measurement.
+        """
+        return self.flops_per_token() * tokens_per_iter / seconds_per_iter / peak_flops
+
+    def make_kv_caches(self, batch_size: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> list[KVCache]:
+        """One preallocated KVCache per layer, sized for block_size positions."""
+        cfg = self.config
+        ref = self.lm_head.weight
+        return [KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
+                        dtype or ref.dtype, device or ref.device) for _ in range(cfg.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 ) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
+
+        temperature 0 is greedy. See nanogpt.sampling for streaming and stop strings.
+        """
+        from nanogpt.sampling import generate_tokens  # sampling imports model: import late
+
+        new = list(generate_tokens(self, idx, max_new_tokens, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, generator=generator,
+                                   use_cache=use_cache))
+        if not new:
+            return idx
+        return torch.cat([idx] + [t.view(-1, 1) for t in new], dim=1)

@@ -1,0 +1,391 @@
+"""The training loop: train(cfg) and the small pieces it is built from."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nanogpt import common
+from nanogpt.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint,
+                                model_from_checkpoint, save_checkpoint)
+from nanogpt.config import TrainConfig, format_config
+from nanogpt.data import BatchSampler, ensure_dataset, load_meta, tokenizer_from_dict
+from nanogpt.errors import TrainingStopped, UserError
+from nanogpt.model import GPT, GPTConfig
+
+log = logging.getLogger("nanogpt")
+
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """Linear warmup (never 0 at step 0), cosine decay to min_lr, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
+                  ctx, dist: common.DistInfo) -> dict[str, float]:
+    """Mean loss over eval_iters fixed batches per split (averaged over ranks).
+
+    Eval batches come from their own seeded stream: they never move the training stream or
+    the global RNG, and every eval sees the same batches, so evals compare like with like.
+    """
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split, sampler in samplers.items():
+        total = torch.zeros((), device=sampler.device)
+        for k in range(eval_iters):
+            x, y = sampler.get_batch(k, dist.rank)
+            with ctx:
+                _, loss = model(x, y)
+            total += loss.float()
+        mean = total / eval_iters
+        if dist.enabled:
+            torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
+        out[split] = mean.item()
+    model.train(was_training)
+    return out
+
+
+class GracefulStop:
+    """First SIGINT/SIGTERM sets `signum` (training saves and stops after the current step);
+    a second SIGINT raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: finishing this step and saving a checkpoint "
+                    "(Ctrl-C again to abort at once)", signal.Signals(signum).name)
+
+
+@dataclass
+class TrainResult:
+    iter_num: int
+    best_val_loss: float
+    out_dir: str
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+class JsonlLog:
+    """Machine-readable log: one JSON object per line in out_dir/log.jsonl (rank 0 only)."""
+
+    def __init__(self, path: Path | None, append: bool):
+        self.file = open(path, "a" if append else "w", encoding="utf-8") if path else None
+
+    def write(self, **record) -> None:
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+@dataclass
+class Run:
+    """Everything train() resolves before the first step."""
+
+    cfg: TrainConfig
+    dist: common.DistInfo
+    device: str
+    dtype: str
+    compile: bool
+    tokenizer_meta: dict
+    train_sampler: BatchSampler
+    eval_samplers: dict[str, BatchSampler]
+    ckpt: dict | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return checkpoint_path(self.cfg.out_dir)
+
+
+def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
+    """Resolve device, dtype, data and checkpoint; raise UserError before touching out_dir."""
+    device = common.resolve_device(cfg.device)
+    dtype = common.resolve_dtype(cfg.dtype, device)
+    use_compile = cfg.compile == "True" or (cfg.compile == "auto" and device.startswith("cuda"))
+    if dist.is_master:
+        ddir = ensure_dataset(cfg.data_dir, cfg.dataset)
+    else:
+        ddir = Path(cfg.data_dir) / cfg.dataset
+    meta = load_meta(ddir)
+    if cfg.vocab_size is not None and cfg.vocab_size != meta["vocab_size"]:
+        raise UserError(f"vocab_size {cfg.vocab_size} does not match the dataset's "
+                        f"{meta['vocab_size']} ({ddir / 'meta.json'}); drop --vocab_size")
+    if cfg.init_from.startswith("gpt2"):
+        raise UserError("init_from=gpt2* is not available yet; use scratch or resume")
+    ckpt_file = checkpoint_path(cfg.out_dir)
+    ckpt = None
+    if cfg.init_from == "resume":
+        if not ckpt_file.is_file():
+            raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_file}; "
+                            f"check --out_dir or start with --init_from=scratch")
+        ckpt = load_checkpoint(ckpt_file)
+        _check_same_shape(ckpt, cfg, meta["vocab_size"])
+    elif ckpt_file.exists() and not cfg.overwrite:
+        raise UserError(f"{ckpt_file} already exists; resume it with --init_from=resume, "
+                        f"choose another --out_dir, or pass --overwrite to replace it")
+    samplers = {}
+    for i, split in enumerate(("train", "val")):
+        samplers[split] = BatchSampler(str(ddir / f"{split}.bin"), cfg.block_size,
+                                       cfg.batch_size, cfg.seed + 1 + i, device,
+                                       meta.get("dtype", "uint16"))
+    train_sampler = BatchSampler(samplers["train"].path, cfg.block_size, cfg.batch_size,
+                                 cfg.seed, device, samplers["train"].dtype)
+    return Run(cfg, dist, device, dtype, use_compile, meta["tokenizer"], train_sampler,
+               samplers, ckpt)
+
+
+def _check_same_shape(ckpt: dict, cfg: TrainConfig, vocab_size: int) -> None:
+    saved = ckpt["model_args"]
+    wanted = {k: getattr(cfg, k) for k in SHAPE_KEYS}
+    wanted["vocab_size"] = cfg.vocab_size or vocab_size
+    diff = [f"{k}={wanted[k]!r} (checkpoint has {saved[k]!r})" for k in SHAPE_KEYS
+            if saved.get(k) != wanted[k]]
+    if diff:
+        raise UserError("cannot resume: the model shape differs from the checkpoint: "
+                        + ", ".join(diff) + "; use the checkpoint's values")
+
+
+def build_model(run: Run) -> GPT:
+    cfg = run.cfg
+    if run.ckpt is not None:
+        model = model_from_checkpoint(run.ckpt, dropout=cfg.dropout)
+        model.config.attention = cfg.attention
+    else:
+        model = GPT(GPTConfig(block_size=cfg.block_size,
+                              vocab_size=cfg.vocab_size or run_vocab_size(run),
+                              n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                              dropout=cfg.dropout, bias=cfg.bias, attention=cfg.attention))
+    return model.to(run.device)
+
+
+def run_vocab_size(run: Run) -> int:
+    return tokenizer_from_dict(run.tokenizer_meta).vocab_size
+
+
+def make_checkpoint(raw_model: GPT, optimizer, scaler, run: Run, iter_num: int,
+                    best_val_loss: float) -> dict:
+    cfg_dict = run.cfg.to_dict()
+    return {
+        "model": raw_model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "model_args": {k: getattr(raw_model.config, k) for k in GPTConfig.__dataclass_fields__},
+        "config": cfg_dict,
+        "tokenizer": run.tokenizer_meta,
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "rng": common.get_rng_state(),
+    }
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
+    """Train a GPT as cfg says. User mistakes raise UserError before out_dir is touched."""
+    dist = dist or common.DistInfo()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run = prepare_run(cfg, dist)
+    log.info("config:\n%s\n  (resolved: device=%s dtype=%s compile=%s world_size=%d)",
+             format_config(cfg), run.device, run.dtype, run.compile, dist.world_size)
+    tokens_per_iter = cfg.gradient_accumulation_steps * dist.world_size * cfg.batch_size \
+        * cfg.block_size
+    log.info("tokens per iteration: %d (batch_size %d x block_size %d x grad accum %d x "
+             "world size %d)", tokens_per_iter, cfg.batch_size, cfg.block_size,
+             cfg.gradient_accumulation_steps, dist.world_size)
+
+    common.seed_everything(cfg.seed)
+    raw_model = build_model(run)
+    log.info("number of parameters: %.2fM", raw_model.get_num_params() / 1e6)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
+                                               (cfg.beta1, cfg.beta2), run.device.split(":")[0])
+    scaler = torch.amp.GradScaler(run.device.split(":")[0]) if run.dtype == "float16" else None
+    iter_num, best_val_loss = 0, float("inf")
+    if run.ckpt is not None:
+        optimizer.load_state_dict(run.ckpt["optimizer"])
+        if scaler is not None and run.ckpt.get("scaler"):
+            scaler.load_state_dict(run.ckpt["scaler"])
+        iter_num, best_val_loss = run.ckpt["iter_num"], run.ckpt["best_val_loss"]
+        common.set_rng_state(run.ckpt["rng"])
+        log.info("resuming from %s at iteration %d", run.ckpt_path, iter_num)
+        run.ckpt = None  # free the memory
+    elif dist.rank:
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; weights come from rank 0
+
+    model: torch.nn.Module = raw_model
+    if run.compile:
+        log.info("compiling the model with torch.compile")
+        model = torch.compile(model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[run.device] if run.device.startswith("cuda") else None)
+
+    if dist.is_master:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    jlog = JsonlLog(Path(cfg.out_dir) / "log.jsonl" if dist.is_master else None,
+                    append=cfg.init_from == "resume")
+    try:
+        with GracefulStop() as stop:
+            return _loop(run, model, raw_model, optimizer, scaler, iter_num, best_val_loss,
+                         tokens_per_iter, jlog, stop)
+    finally:
+        jlog.close()
+
+
+def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
+          best_val_loss: float, tokens_per_iter: int, jlog: JsonlLog, stop: GracefulStop
+          ) -> TrainResult:
+    cfg, dist = run.cfg, run.dist
+    ctx = common.autocast(run.device, run.dtype)
+    accum = cfg.gradient_accumulation_steps
+    peak = common.peak_flops(run.device, run.dtype)
+    losses: dict[str, float] = {}
+    last_good = "none yet"
+
+    def save(reason: str) -> None:
+        nonlocal last_good
+        if not dist.is_master:
+            return
+        if not all_finite(raw_model):
+            raise TrainingDiverged(f"refusing to save non-finite weights at iter {iter_num}")
+        save_checkpoint(run.ckpt_path, make_checkpoint(raw_model, optimizer, scaler, run,
+                                                       iter_num, best_val_loss))
+        last_good = f"{run.ckpt_path} (iter {iter_num})"
+        jlog.write(event="checkpoint", iter=iter_num, reason=reason)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not dist.is_master or None,
+               dynamic_ncols=True, unit="it")
+    try:
+        t_last = time.perf_counter()
+        while True:
+            if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
+                losses = estimate_loss(model, run.eval_samplers, cfg.eval_iters, ctx, dist)
+                log.info("step %d: train loss %.4f, val loss %.4f", iter_num, losses["train"],
+                         losses["val"])
+                jlog.write(event="eval", iter=iter_num, train_loss=losses["train"],
+                           val_loss=losses["val"], time=time.time())
+                improved = losses["val"] < best_val_loss
+                best_val_loss = min(best_val_loss, losses["val"])
+                if iter_num > 0 and (improved or cfg.always_save_checkpoint) \
+                        and not cfg.eval_only:
+                    save("eval")
+                t_last = time.perf_counter()  # do not count eval time in the step time
+            if iter_num >= cfg.max_iters or cfg.eval_only:
+                break
+
+            lr = get_lr(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=run.device)
+            for micro in range(accum):
+                x, y = run.train_sampler.get_batch(iter_num, micro * dist.world_size + dist.rank)
+                sync = not dist.enabled or micro == accum - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with ctx:
+                        _, loss = model(x, y)
+                        loss = loss / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.detach()
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            lossf = loss_sum.item()
+            bad_grad = grad_norm is not None and not math.isfinite(grad_norm.item())
+            if not math.isfinite(lossf) or (bad_grad and scaler is None):
+                what = f"loss is {lossf}" if not math.isfinite(lossf) else \
+                    f"gradient norm is {grad_norm.item()}"
+                raise TrainingDiverged(f"{what} at iter {iter_num}; training stopped before "
+                                       f"the update; last good checkpoint: {last_good}")
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            iter_num += 1
+
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            bar.update(1)
+            if iter_num % cfg.log_interval == 0 and dist.is_master:
+                tok_s = tokens_per_iter / dt
+                record = dict(event="train", iter=iter_num - 1, loss=lossf, lr=lr,
+                              ms=dt * 1000, tok_per_s=tok_s)
+                if peak:
+                    record["mfu"] = raw_model.flops_per_token() * tok_s / peak
+                jlog.write(**record)
+                bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                                refresh=False)
+                if bar.disable:
+                    log.info("iter %d: loss %.4f, lr %.2e, %.1f ms, %.0f tok/s", iter_num - 1,
+                             lossf, lr, dt * 1000, tok_s)
+            if _should_stop(stop, dist, run.device):
+                save("signal")
+                name = signal.Signals(stop.signum or signal.SIGTERM).name
+                where = f"checkpoint saved to {run.ckpt_path} at iter {iter_num}"
+                raise TrainingStopped(f"stopped by {name}: {where}; resume with the same "
+                                      f"command plus --init_from=resume",
+                                      128 + (stop.signum or signal.SIGTERM))
+    finally:
+        bar.close()
+    return TrainResult(iter_num, best_val_loss, cfg.out_dir, losses)
+
+
+def _should_stop(stop: GracefulStop, dist: common.DistInfo, device: str) -> bool:
+    """Every rank must stop at the same step, or the others would wait in a collective."""
+    if not dist.enabled:
+        return stop.signum is not None
+    flag = torch.tensor([stop.signum or 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() and stop.signum is None:
+        stop.signum = int(flag.item())
+    return bool(flag.item())
