@@ -1,0 +1,67 @@
+"""Shared fixtures: hermetic copies of the offline data and tiny configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """Tests may change the default dtype or thread count; undo it."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    if not SHAKESPEARE.exists():
+        pytest.skip(f"offline Tiny Shakespeare copy not found at {SHAKESPEARE}")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, shakespeare_text) -> Path:
+    """A data_dir whose shakespeare_char dataset is prepared from the offline copy."""
+    from nanogpt.data import prepare_shakespeare_char
+
+    root = tmp_path_factory.mktemp("data")
+    ds = root / "shakespeare_char"
+    ds.mkdir()
+    shutil.copy(SHAKESPEARE, ds / "input.txt")
+    prepare_shakespeare_char(ds)
+    return root
+
+
+def tiny_args(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
+    """argv for a model small enough to train a few dozen steps in seconds on a CPU."""
+    values = dict(dataset="shakespeare_char", data_dir=str(data_dir), out_dir=str(out_dir),
+                  n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=20,
+                  eval_interval=10, eval_iters=2, log_interval=1, warmup_iters=5,
+                  lr_decay_iters=20, learning_rate=3e-3, min_lr=3e-4, device="cpu",
+                  dtype="float32", compile=False, dropout=0.0)
+    values.update(overrides)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def run_script(script: str, args: list[str], cwd: Path | None = None, timeout: float = 300,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py / sample.py as a user would, in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("NANOGPT_DEBUG", None)
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
