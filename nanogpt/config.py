@@ -144,9 +144,10 @@ def _unwrap_optional(tp) -> tuple[object, bool]:
     return tp, False
 
 
-def convert(key: str, value: object) -> object:
-    """Convert value (a string from the command line, or a Python value from a config file)
-    to the type of TrainConfig field `key`; raise ConfigError naming the key on failure."""
+def convert(key: str, value: object, from_text: bool = True) -> object:
+    """Convert value to the type of TrainConfig field `key`: a string from the command line
+    (from_text) is parsed; a Python value from a config file must already have the type
+    (an int is accepted for a float). Raise ConfigError naming the key on failure."""
     tp, optional = _unwrap_optional(_field_types()[key])
     if key == "compile":  # 'auto' or a bool, stored as a string
         if isinstance(value, bool):
@@ -163,7 +164,7 @@ def convert(key: str, value: object) -> object:
         if optional:
             return None
         raise ConfigError(f"{key} cannot be None")
-    if isinstance(value, str):
+    if isinstance(value, str) and from_text:
         return _parse_str(key, value, tp)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -258,7 +259,7 @@ def parse_args(argv: list[str], base: dict[str, object] | None = None) -> TrainC
         for key, value in load_config_file(path).items():
             if key not in known:
                 raise ConfigError(f"{path}: " + str(_unknown_key(key)))
-            values[key] = convert(key, value)
+            values[key] = convert(key, value, from_text=False)
     for key, value in pairs:
         if key not in known:
             raise _unknown_key(key)

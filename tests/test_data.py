@@ -1,0 +1,104 @@
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt import data
+from nanogpt.data import BatchSampler, CharTokenizer, UnknownCharactersError
+from nanogpt.errors import UserError
+
+
+def test_char_tokenizer_round_trip_and_json(tmp_path):
+    text = "Hello, World!\nçà"
+    tok = CharTokenizer.from_text(text)
+    assert tok.vocab_size == len(set(text))
+    assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "tok.json")
+    json.loads((tmp_path / "tok.json").read_text(encoding="utf-8"))  # plain JSON
+    again = CharTokenizer.load(tmp_path / "tok.json")
+    assert again.encode(text) == tok.encode(text)
+
+
+def test_unknown_characters_are_listed():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(UnknownCharactersError, match="'x', 'z'"):
+        tok.encode("abxcz")
+
+
+def test_prepare_writes_first_90_and_last_10_percent(tmp_path):
+    text = "".join(chr(97 + i % 26) for i in range(1000)) + "XYZ"
+    (tmp_path / "ds").mkdir()
+    tok = CharTokenizer.from_text(text)
+    meta = data.write_dataset(tmp_path / "ds", text, tok)
+    train = np.fromfile(tmp_path / "ds" / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "ds" / "val.bin", dtype=np.uint16)
+    split = int(len(text) * 0.9)
+    assert tok.decode(train.tolist()) == text[:split]
+    assert tok.decode(val.tolist()) == text[split:]
+    saved = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    assert saved == meta and saved["vocab_size"] == tok.vocab_size and saved["dtype"] == "uint16"
+
+
+def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(UserError) as e:
+        data.prepare_shakespeare_char(tmp_path / "shakespeare_char")
+    msg = str(e.value)
+    assert data.SHAKESPEARE_URL in msg and str(tmp_path / "shakespeare_char" / "input.txt") in msg
+    assert "\n" not in msg
+    assert not list((tmp_path / "shakespeare_char").glob("*.part"))
+
+
+def test_unknown_unprepared_dataset_names_the_command(tmp_path):
+    with pytest.raises(UserError, match="data/prepare.py"):
+        data.ensure_dataset(tmp_path, "mytext")
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    tokens = np.arange(1000, dtype=np.uint16) % 500
+    path = tmp_path / "train.bin"
+    tokens.tofile(path)
+    return path, tokens
+
+
+def test_get_batch_shapes_shift_and_bounds(token_file):
+    path, tokens = token_file
+    sampler = BatchSampler(str(path), block_size=16, batch_size=32, seed=1)
+    for step in range(20):
+        x, y = sampler.get_batch(step)
+        assert x.shape == y.shape == (32, 16) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(y[:, :-1], x[:, 1:])
+        for row_x, row_y in zip(x, y):
+            start = int(np.flatnonzero(tokens == row_x[0].item())[0])
+            # every window is a real, contiguous slice of the split
+            assert torch.equal(row_x, torch.from_numpy(tokens[start:start + 16].astype(np.int64)))
+            assert row_y[-1].item() == tokens[start + 16]
+
+
+def test_get_batch_is_reproducible_and_varies_by_step_and_micro_step(token_file):
+    path, _ = token_file
+    a = BatchSampler(str(path), 16, 8, seed=3)
+    b = BatchSampler(str(path), 16, 8, seed=3)
+    assert torch.equal(a.get_batch(5, 1)[0], b.get_batch(5, 1)[0])
+    assert not torch.equal(a.get_batch(5, 1)[0], a.get_batch(6, 1)[0])
+    assert not torch.equal(a.get_batch(5, 1)[0], a.get_batch(5, 2)[0])
+    assert not torch.equal(a.get_batch(5, 1)[0], BatchSampler(str(path), 16, 8, 4).get_batch(5, 1)[0])
+
+
+def test_every_window_start_can_be_drawn(token_file):
+    path, _ = token_file
+    sampler = BatchSampler(str(path), block_size=990, batch_size=64, seed=0)
+    starts = {int(s) for step in range(20) for s in sampler.offsets(step, 0)}
+    assert starts == set(range(10))  # 1000 tokens, windows of 991: starts 0..9
+
+
+def test_block_size_too_large_for_the_data_is_a_clear_error(token_file):
+    path, _ = token_file
+    with pytest.raises(UserError, match="block_size 1000 is too large"):
+        BatchSampler(str(path), block_size=1000, batch_size=1, seed=0)

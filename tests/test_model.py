@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+
+from nanogpt.model import GPT, GPTConfig
+
+
+def tiny(attention="auto", **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(block_size=16, vocab_size=37, n_layer=2, n_head=4, n_embd=32, dropout=0.0,
+               bias=True, attention=attention)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg))
+
+
+@pytest.mark.parametrize("attention", ["flash", "manual"])
+def test_future_tokens_do_not_change_past_logits(attention):
+    model = tiny(attention).eval()
+    idx = torch.randint(0, 37, (2, 16))
+    logits, _ = model(idx, idx)
+    for t in (0, 5, 14):
+        changed = idx.clone()
+        changed[:, t + 1:] = torch.randint(0, 37, changed[:, t + 1:].shape)
+        assert not torch.equal(changed, idx) or t == 15
+        logits2, _ = model(changed, changed)
+        torch.testing.assert_close(logits2[:, :t + 1], logits[:, :t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(logits2[:, t + 1:], logits[:, t + 1:])
+
+
+def test_flash_and_manual_attention_agree_in_outputs_and_gradients():
+    flash, manual = tiny("flash"), tiny("manual")
+    manual.load_state_dict(flash.state_dict())
+    idx = torch.randint(0, 37, (3, 16))
+    tgt = torch.randint(0, 37, (3, 16))
+    lf, loss_f = flash(idx, tgt)
+    lm, loss_m = manual(idx, tgt)
+    torch.testing.assert_close(lf, lm, rtol=0, atol=1e-5)
+    loss_f.backward()
+    loss_m.backward()
+    for (name, pf), (_, pm) in zip(flash.named_parameters(), manual.named_parameters()):
+        torch.testing.assert_close(pf.grad, pm.grad, rtol=0, atol=1e-5, msg=name)
+
+
+def test_baby_gpt_has_nanogpts_parameter_count_and_tied_embeddings():
+    model = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384,
+                          dropout=0.2, bias=False))
+    assert f"{model.get_num_params() / 1e6:.2f}M" == "10.65M"
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert model.get_num_params(non_embedding=False) - model.get_num_params() == 256 * 384
+
+
+def test_initial_loss_is_close_to_uniform():
+    model = tiny(vocab_size=65, block_size=64)
+    idx = torch.randint(0, 65, (8, 64))
+    _, loss = model(idx, torch.randint(0, 65, (8, 64)))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_residual_projections_use_scaled_init():
+    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=8, n_head=2, n_embd=128))
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(16)) < 0.001
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+
+
+def test_without_targets_only_the_last_position_is_computed():
+    model = tiny().eval()
+    idx = torch.randint(0, 37, (2, 10))
+    logits, loss = model(idx)
+    assert loss is None and logits.shape == (2, 1, 37)
+    full, _ = model(idx, idx)
+    torch.testing.assert_close(logits[:, 0], full[:, -1])
+
+
+def test_tiny_model_overfits_one_batch():
+    model = tiny(vocab_size=20)
+    idx = torch.randint(0, 20, (4, 16))
+    tgt = torch.randint(0, 20, (4, 16))
+    opt = model.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
+    for _ in range(300):
+        _, loss = model(idx, tgt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_optimizer_decays_exactly_the_matrices():
+    model = tiny()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_crop_block_size_keeps_the_first_positions():
+    model = tiny()
+    wpe = model.transformer.wpe.weight[:8].clone()
+    model.crop_block_size(8)
+    assert model.config.block_size == 8
+    torch.testing.assert_close(model.transformer.wpe.weight, wpe)
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_config_rejects_heads_that_do_not_divide_the_width():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=100, n_head=3)
+
+
+def test_estimate_mfu_uses_the_given_peak():
+    model = tiny()
+    mfu = model.estimate_mfu(tokens_per_iter=1000, seconds_per_iter=1.0, peak_flops=1e12)
+    assert mfu == pytest.approx(model.flops_per_token() * 1000 / 1e12)
