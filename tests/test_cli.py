@@ -1,0 +1,133 @@
+"""Every user mistake: non-zero exit, one line naming the problem, no traceback, and no
+file in out_dir changed."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from nanogpt.cli import sample_main, train_main
+from nanogpt.config import parse_args
+from nanogpt.trainer import train
+from tests.conftest import tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=4, eval_interval=2)))
+    return out
+
+
+def snapshot(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def bad_vocab_dataset(data_dir):
+    """A dataset whose train.bin is missing."""
+    ds = data_dir / "half_prepared"
+    ds.mkdir(exist_ok=True)
+    (ds / "meta.json").write_text(json.dumps({"vocab_size": 65, "tokenizer": {"kind": "char",
+                                                                              "chars": []}}))
+    return ds
+
+
+TRAIN_CASES = {
+    "unknown key": (["--lerning_rate=0.1"], "unknown config key 'lerning_rate'; did you mean "
+                                             "'learning_rate'?"),
+    "wrong type": (["--batch_size=eight"], "batch_size must be int, got 'eight'"),
+    "heads": (["--n_embd=30", "--n_head=4"], "n_embd (30) must be divisible by n_head (4)"),
+    "block too large": (["--block_size=200000", "--init_from=resume"],
+                        "block_size 200000 is too large"),
+    "missing bins": (["--dataset=half_prepared"], "train.bin, val.bin missing"),
+    "config missing": (["--config", "no/such/config.py"], "config file not found: no/such/config.py"),
+    "resume without checkpoint": (["--init_from=resume", "--out_dir={empty}"],
+                                  "init_from=resume but there is no checkpoint"),
+    "cuda without cuda": (["--device=cuda"], "CUDA is not available"),
+    "fp16 on cpu": (["--dtype=float16"], "dtype 'float16' is not supported for training on CPU"),
+    "vocab mismatch": (["--vocab_size=100", "--init_from=resume"],
+                       "vocab_size 100 does not match the dataset's 65"),
+    "scratch over a checkpoint": ([], "already exists; resume it with --init_from=resume"),
+    "resume with another shape": (["--n_layer=3", "--init_from=resume"],
+                                  "n_layer=3 (checkpoint has 2)"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES)
+def test_train_mistakes(case, trained, data_dir, tmp_path, capsys):
+    args, message = TRAIN_CASES[case]
+    if case == "cuda without cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    bad_vocab_dataset(data_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("{empty}", str(empty)) for a in args]
+    before = snapshot(trained)
+    code = train_main(tiny_args(data_dir, trained) + args)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert snapshot(trained) == before
+    assert list(empty.iterdir()) == []
+
+
+def test_config_file_that_raises(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text("n_layer = undefined_name\n")
+    assert train_main(["--config", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "raised NameError: name 'undefined_name' is not defined" in err
+    assert err.count("\n") == 1
+
+
+SAMPLE_CASES = {
+    "no checkpoint": (["--out_dir={empty}"], "no checkpoint in"),
+    "unknown characters": (["--start=héllo€"], "characters not in the vocabulary: 'é', '€'"),
+    "negative max_new_tokens": (["--max_new_tokens=-1"], "max_new_tokens must be >= 0"),
+    "missing prompt file": (["--start=FILE:{empty}/prompt.txt"], "cannot read the prompt file"),
+    "bad option": (["--temprature=1"], "unrecognized arguments: --temprature=1"),
+    "cuda without cuda": (["--device=cuda"], "CUDA is not available"),
+}
+
+
+@pytest.mark.parametrize("case", SAMPLE_CASES)
+def test_sample_mistakes(case, trained, tmp_path, capsys):
+    args, message = SAMPLE_CASES[case]
+    if case == "cuda without cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("{empty}", str(empty)) for a in args]
+    before = snapshot(trained)
+    code = sample_main(["--out_dir", str(trained), "--max_new_tokens=5", *args])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert message in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert snapshot(trained) == before
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="config file not found"):
+        train_main(["--debug", "--config", str(tmp_path / "missing.py")])
+
+
+def test_overwrite_flag_replaces_an_existing_run(trained, data_dir, tmp_path):
+    out = tmp_path / "copy"
+    out.mkdir()
+    (out / "ckpt.pt").write_bytes((trained / "ckpt.pt").read_bytes())
+    assert train_main(tiny_args(data_dir, out, max_iters=2, eval_interval=2) + ["--overwrite"]) == 0
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
+def test_sample_prints_the_requested_characters(trained, capsys):
+    code = sample_main(["--out_dir", str(trained), "--num_samples=3", "--max_new_tokens=40",
+                        "--start=ROMEO:", "--seed=7"])
+    out = capsys.readouterr().out
+    assert code == 0
+    samples = out.split("\n---------------\n")
+    assert len(samples) == 4 and samples[-1] == ""
+    for s in samples[:3]:
+        assert s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 40

@@ -1,0 +1,150 @@
+"""The training loop in-process: schedule, checkpoints, resume, NaN guard."""
+
+import json
+import math
+from fractions import Fraction
+import os
+
+import pytest
+import torch
+
+from nanogpt import checkpoint as ckpt_mod
+from nanogpt.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from nanogpt.config import TrainConfig, parse_args
+from nanogpt.errors import UserError
+from nanogpt.model import GPT
+from nanogpt.trainer import TrainingDiverged, get_lr, train
+from tests.conftest import tiny_args
+
+
+def read_log(out_dir, event):
+    lines = (out_dir / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def test_lr_schedule_warmup_peak_cosine_floor():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110,
+                      max_iters=200)
+    assert 0 < get_lr(0, cfg) < get_lr(5, cfg) < get_lr(9, cfg) < 1.0
+    assert get_lr(10, cfg) == pytest.approx(1.0)
+    assert get_lr(60, cfg) == pytest.approx(0.55)  # half way down the cosine
+    assert get_lr(110, cfg) == pytest.approx(0.1) and get_lr(150, cfg) == 0.1
+    assert all(get_lr(i, cfg) >= get_lr(i + 1, cfg) for i in range(10, 150))
+    assert get_lr(5, TrainConfig(decay_lr=False, learning_rate=0.3, min_lr=0.0)) == 0.3
+
+
+def test_tiny_run_learns_and_writes_checkpoint_and_log(data_dir, tmp_path):
+    out = tmp_path / "out"
+    result = train(parse_args(tiny_args(data_dir, out, max_iters=40, eval_interval=20)))
+    assert result.iter_num == 40
+    evals = read_log(out, "eval")
+    assert [e["iter"] for e in evals] == [0, 20, 40]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 40 and ckpt["config"]["n_embd"] == 32
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert len(read_log(out, "train")) == 40
+
+
+def test_checkpoint_round_trip_gives_identical_logits(data_dir, tmp_path):
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=10, eval_interval=10)))
+    model, tok = load_model(out)
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    again = GPT(model.config)
+    again.load_state_dict(ckpt["model"])
+    again.eval()
+    idx = torch.tensor([tok.encode("ROMEO:\nWhat say")])
+    torch.testing.assert_close(model(idx, idx)[0], again(idx, idx)[0], rtol=0, atol=0)
+    assert tok.decode(tok.encode("ROMEO:")) == "ROMEO:"
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+    """Straight 30 steps == 15 steps, stop, resume to 30: same losses, same weights."""
+    common = dict(max_iters=30, eval_interval=5, dropout=0.1, always_save_checkpoint=True)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(parse_args(tiny_args(data_dir, straight, **common)))
+    train(parse_args(tiny_args(data_dir, split, **{**common, "max_iters": 15})))
+    train(parse_args(tiny_args(data_dir, split, **common, init_from="resume")))
+    losses = lambda d: [(r["iter"], r["loss"]) for r in read_log(d, "train")]  # noqa: E731
+    assert losses(straight) == losses(split)
+    a, b = load_checkpoint(straight / "ckpt.pt"), load_checkpoint(split / "ckpt.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_resume_refuses_a_different_model_shape(data_dir, tmp_path):
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=5, eval_interval=5)))
+    before = (out / "ckpt.pt").read_bytes()
+    with pytest.raises(UserError, match=r"n_embd=64 \(checkpoint has 32\)"):
+        train(parse_args(tiny_args(data_dir, out, n_embd=64, init_from="resume")))
+    # settings that may change on resume are fine
+    train(parse_args(tiny_args(data_dir, out, init_from="resume", max_iters=8,
+                               learning_rate=1e-3, eval_interval=4)))
+    assert (out / "ckpt.pt").read_bytes() != before
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path,
+                                                                    monkeypatch):
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    real_forward = GPT.forward
+
+    def poisoned(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 13:  # the 13th training step
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(TrainingDiverged) as e:
+        train(parse_args(tiny_args(data_dir, out, max_iters=20, eval_interval=10)))
+    assert "loss is nan at iter 12" in str(e.value)
+    assert f"{out / 'ckpt.pt'} (iter 10)" in str(e.value)
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 10
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_args": {}, "iter_num": 1})
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 2})
+    assert load_checkpoint(path)["iter_num"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_checkpoint_is_a_one_line_error(tmp_path, damage):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {"w": torch.randn(1000)}, "model_args": {}})
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint" * 10,
+                      "empty": b""}[damage])
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_checkpoints_refuse_pickled_objects(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {}, "model_args": {}, "evil": Fraction(1, 3)}, path)  # needs pickle
+    with pytest.raises(CheckpointError, match="cannot be loaded safely|damaged"):
+        load_checkpoint(path)
+
+
+def test_every_checkpoint_field_loads_with_weights_only(data_dir, tmp_path):
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=4, eval_interval=2)))
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert {"model", "optimizer", "model_args", "config", "tokenizer", "iter_num",
+            "best_val_loss", "rng"} <= set(ckpt)
