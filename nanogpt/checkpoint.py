@@ -8,6 +8,7 @@ then renamed over the old one, so a crash leaves either the old or the new file.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
+CONFIG_NAME = "config.json"
 
 
 class CheckpointError(UserError):
@@ -68,12 +70,29 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CKPT_NAME
 
 
-def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu",
-                          dropout: float | None = None) -> GPT:
-    args = dict(ckpt["model_args"])
-    if dropout is not None:
-        args["dropout"] = dropout
-    model = GPT(GPTConfig(**args))
+def save_run_config(out_dir: str | os.PathLike, config: dict) -> None:
+    """out_dir/config.json: the run's resolved TrainConfig, readable without torch."""
+    path = Path(out_dir) / CONFIG_NAME
+    tmp = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def saved_run_config(out_dir: str | os.PathLike) -> dict | None:
+    """The config.json a run left in out_dir, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(out_dir) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", **overrides) -> GPT:
+    """The checkpoint's model; overrides may change what does not touch the weights
+    (dropout, attention)."""
+    unknown = set(overrides) - {"dropout", "attention"}
+    if unknown:
+        raise ValueError(f"only dropout and attention may be overridden, not {sorted(unknown)}")
+    model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
     model.load_state_dict(ckpt["model"])
     return model.to(device)
 

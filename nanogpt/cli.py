@@ -81,10 +81,16 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     from nanogpt import common
+    from nanogpt.checkpoint import saved_run_config
     from nanogpt.config import parse_args
     from nanogpt.trainer import train
 
     cfg = parse_args(argv)
+    if cfg.init_from == "resume":  # start from the run's own settings; argv still wins
+        saved = saved_run_config(cfg.out_dir)
+        if saved is not None:
+            cfg = parse_args(argv, base={k: v for k, v in saved.items()
+                                         if k not in ("init_from", "overwrite")})
     dist = common.dist_from_env()
     setup_logging(enabled=dist.is_master)
     if not dist.enabled:
@@ -112,6 +118,10 @@ class _OneLineParser(argparse.ArgumentParser):
 def sample_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="sample.py", description="Sample text from a trained nanogpt model.")
     p.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
+    p.add_argument("--init_from", default="resume",
+                   help="'resume' samples out_dir's checkpoint; a GPT-2 name (gpt2, "
+                        "gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face GPT-2 directory "
+                        "samples those weights")
     p.add_argument("--start", default="\n",
                    help="prompt text, or FILE:path to read the prompt from a file")
     p.add_argument("--num_samples", type=int, default=10, help="samples, generated as one batch")
@@ -124,6 +134,9 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
+    p.add_argument("--context_shift", type=int, default=None,
+                   help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
+                        "sliding window; default block_size // 4, much faster with the cache)")
     return p
 
 
@@ -147,56 +160,78 @@ def _read_prompt(start: str) -> str:
 
 
 def _unescape(s: str) -> str:
-    return s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
+    """'\\n' typed on a command line -> a newline; other characters stay as they are."""
+    from nanogpt.errors import UserError
+
+    if "\\" not in s:
+        return s
+    try:
+        return s.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise UserError(f"--stop {s!r} has a broken backslash escape") from None
 
 
 def _sample(argv: list[str]) -> int:
     args = sample_parser().parse_args(argv)
     from nanogpt.errors import UserError
 
-    if args.num_samples < 1:
-        raise UserError(f"num_samples must be >= 1, got {args.num_samples}")
-    if args.max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
-        raise UserError("top_k must be >= 0 and top_p in (0, 1]")
+    if args.top_k < 0:
+        raise UserError(f"top_k must be >= 0 (0 disables it), got {args.top_k}")
     prompt = _read_prompt(args.start)
 
     import torch
 
     from nanogpt import common
     from nanogpt.checkpoint import load_model
-    from nanogpt.sampling import generate_text
+    from nanogpt.sampling import generate_pieces
 
     device = common.resolve_device(args.device)
-    model, tokenizer = load_model(args.out_dir, device)
-    dtype = common.resolve_dtype("auto", device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    torch.manual_seed(args.seed)
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise UserError("the prompt is empty; pass --start with at least one character")
+    if args.init_from == "resume":
+        model, tokenizer = load_model(args.out_dir, device)
+    else:
+        from nanogpt.pretrained import load_pretrained_model
 
+        model, tokenizer = load_pretrained_model(args.init_from, device)
+    dtype = common.resolve_dtype("auto", device)
+    torch.manual_seed(args.seed)
     separator = "\n---------------\n"
     out = sys.stdout
-
-    def stream_first(i: int, piece: str) -> None:
-        if i == 0:
-            out.write(piece)
-            out.flush()
-
-    out.write(prompt)
+    texts = [""] * args.num_samples
     with common.autocast(device, dtype):
-        texts = generate_text(model, tokenizer.encode, tokenizer.decode, prompt,
-                              num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_k=args.top_k or None,
-                              top_p=args.top_p, stop=[_unescape(s) for s in args.stop],
-                              generator=generator, use_cache=not args.no_cache,
-                              on_text=stream_first)
+        pieces = generate_pieces(
+            model, tokenizer.encode, tokenizer.decode, prompt, num_samples=args.num_samples,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k or None, top_p=args.top_p, stop=[_unescape(s) for s in args.stop],
+            seed=args.seed, use_cache=not args.no_cache, context_shift=args.context_shift)
+        out.write(prompt)
+        for i, piece in pieces:  # sample 0 live, the others once the batch is done
+            texts[i] += piece
+            if i == 0:
+                out.write(piece)
+                out.flush()
     out.write(separator)
     for text in texts[1:]:
         out.write(prompt + text + separator)
     out.flush()
+    return 0
+
+
+# ---- export ----
+
+def export_main(argv: list[str] | None = None) -> int:
+    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    return _run_guarded(lambda: _export(argv), debug)
+
+
+def _export(argv: list[str]) -> int:
+    p = _OneLineParser(prog="export.py", description="Export a nanogpt checkpoint as a Hugging "
+                       "Face GPT-2 directory (config.json + model.safetensors) that "
+                       "transformers.GPT2LMHeadModel.from_pretrained loads.")
+    p.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
+    p.add_argument("--to", required=True, help="directory to write")
+    args = p.parse_args(argv)
+    from nanogpt.pretrained import export_checkpoint
+
+    dest = export_checkpoint(args.out_dir, args.to)
+    print(f"wrote {dest / 'config.json'} and {dest / 'model.safetensors'}")
     return 0

@@ -48,6 +48,22 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def default_num_threads(requested: int = 0) -> int | None:
+    """CPU threads for torch: `requested` when > 0; None (leave torch alone) when
+    OMP_NUM_THREADS or MKL_NUM_THREADS is set, since torch already honours them; else
+    torch's default (one per physical core) capped by the CPUs this process may run on,
+    which torch does not look at (taskset, container CPU sets)."""
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return None
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+    return max(1, min(torch.get_num_threads(), allowed))
+
+
 def resolve_dtype(requested: str, device: str) -> str:
     """'auto' -> bf16 on CUDA that has it (else fp16), bf16 on CPUs with bf16 matrix units,
     float32 elsewhere. An explicit choice is checked to work on the device."""
@@ -77,6 +93,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_micro_step(seed: int, step: int, micro_step: int) -> None:
+    """Seed torch's RNG (dropout) from the run seed and the global micro-step alone.
+
+    Nothing random then depends on which rank runs a micro-step or on RNG state carried
+    between steps: a resume, and the same run on any number of ranks, draw the same masks.
+    """
+    torch.manual_seed(hash((seed, step, micro_step)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def get_rng_state() -> dict:
@@ -125,7 +150,7 @@ def dist_from_env() -> DistInfo:
     """Rank and world size as torchrun sets them (a plain run is rank 0 of 1)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)),
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")),
                     int(os.environ["WORLD_SIZE"]))
 
 

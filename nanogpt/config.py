@@ -35,7 +35,9 @@ class TrainConfig:
     eval_iters: int = _f(200, "Batches per split in each evaluation.")
     eval_only: bool = _f(False, "Evaluate once and exit.")
     always_save_checkpoint: bool = _f(True, "Save at every eval, not only when val improves.")
-    init_from: str = _f("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or a GPT-2 name.")
+    init_from: str = _f("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a GPT-2 name "
+                        "(gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a path to a Hugging Face "
+                        "GPT-2 directory.")
     overwrite: bool = _f(False, "Allow a scratch run to replace an existing checkpoint.")
     # data
     dataset: str = _f("shakespeare_char", "Dataset directory name under data_dir.")
@@ -68,7 +70,8 @@ class TrainConfig:
     dtype: str = _f("auto", "'auto', 'float32', 'bfloat16' or 'float16' (autocast).")
     compile: str = _f("auto", "torch.compile: 'auto' (on CUDA only), True or False.")
     seed: int = _f(1337, "Seed for weights, batches and dropout.")
-    num_threads: int = _f(0, "CPU threads for torch; 0 keeps torch's default.")
+    num_threads: int = _f(0, "CPU threads for torch; 0: OMP_NUM_THREADS if set, else one per "
+                          "physical core this process may use.")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -110,9 +113,9 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
-    if cfg.init_from not in INIT_FROM:
-        raise ConfigError(f"init_from must be one of {', '.join(INIT_FROM)}; "
-                          f"got {cfg.init_from!r}")
+    if cfg.init_from not in INIT_FROM and not _is_path(cfg.init_from):
+        raise ConfigError(f"init_from must be one of {', '.join(INIT_FROM)}, or a path to a "
+                          f"Hugging Face GPT-2 directory (with a '/'); got {cfg.init_from!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
     if cfg.attention not in ("auto", "flash", "manual"):
@@ -124,6 +127,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
     if not cfg.dataset or os.sep in cfg.dataset:
         raise ConfigError(f"dataset must be a directory name under data_dir, got {cfg.dataset!r}")
+
+
+def _is_path(text: str) -> bool:
+    return "/" in text or os.sep in text
 
 
 # ---- converting strings to field types ----
@@ -251,10 +258,10 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def parse_args(argv: list[str], base: dict[str, object] | None = None) -> TrainConfig:
-    """Build a TrainConfig from config files and overrides, later ones winning."""
+    """Build a TrainConfig from base, then config files, then overrides; later ones win."""
     files, pairs = split_argv(argv)
-    values: dict[str, object] = dict(base or {})
     known = {f.name for f in fields(TrainConfig)}
+    values = {k: convert(k, v, from_text=False) for k, v in (base or {}).items() if k in known}
     for path in files:
         for key, value in load_config_file(path).items():
             if key not in known:

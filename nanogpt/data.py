@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +79,21 @@ class GPT2Tokenizer:
         except ImportError:
             raise UserError("the GPT-2 tokenizer needs tiktoken: pip install tiktoken "
                             "(or pip install -e '.[bpe]')") from None
-        self._enc = tiktoken.get_encoding("gpt2")
+        try:
+            self._enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # noqa: BLE001 - tiktoken's network errors vary by version
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(f"tiktoken could not load GPT-2's BPE files ({first}); it downloads "
+                            f"them once: connect to the internet, or copy vocab.bpe and "
+                            f"encoder.json into $TIKTOKEN_CACHE_DIR under tiktoken's names "
+                            f"for them") from None
 
     def encode(self, text: str) -> list[int]:
         return self._enc.encode(text, allowed_special={"<|endoftext|>"})
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """encode, but a literal '<|endoftext|>' in text stays text (for web documents)."""
+        return self._enc.encode_ordinary(text)
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
@@ -118,11 +130,37 @@ def write_dataset(out_dir: str | os.PathLike, text: str, tokenizer, val_fraction
         ids = np.array(tokenizer.encode(part), dtype=dtype)
         _atomic_write_bytes(out / f"{name}.bin", ids.tobytes())
         counts[name] = int(ids.size)
-    meta = {"vocab_size": tokenizer.vocab_size, "dtype": dtype.name,
-            "tokenizer": tokenizer.to_dict(), "train_tokens": counts["train"],
-            "val_tokens": counts["val"]}
-    _atomic_write_bytes(out / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    return write_meta(out, tokenizer, counts["train"], counts["val"])
+
+
+def write_meta(out_dir: str | os.PathLike, tokenizer, train_tokens: int, val_tokens: int
+               ) -> dict:
+    meta = {"vocab_size": tokenizer.vocab_size, "dtype": token_dtype(tokenizer.vocab_size).name,
+            "tokenizer": tokenizer.to_dict(), "train_tokens": train_tokens,
+            "val_tokens": val_tokens}
+    _atomic_write_bytes(Path(out_dir) / "meta.json",
+                        json.dumps(meta, ensure_ascii=False).encode("utf-8"))
     return meta
+
+
+def write_tokens_streaming(path: str | os.PathLike, chunks: Iterable[np.ndarray], total: int,
+                           dtype: np.dtype) -> None:
+    """Write chunks of token ids, total in all, to path through a memmap, one at a time
+    (for corpora too big for memory); the file appears only once complete."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
+    written = 0
+    for chunk in chunks:
+        if written + len(chunk) > total:
+            raise ValueError(f"more than the {total} tokens announced for {path}")
+        arr[written:written + len(chunk)] = chunk
+        written += len(chunk)
+    if written != total:
+        raise ValueError(f"{written} tokens written to {path}, {total} announced")
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -147,17 +185,81 @@ def download(url: str, dest: str | os.PathLike, what: str) -> None:
     os.replace(tmp, dest)
 
 
-def prepare_shakespeare_char(data_dir: str | os.PathLike) -> dict:
-    """data_dir/input.txt (downloaded if absent) -> char-level train/val bins + meta.json."""
-    data_dir = Path(data_dir)
+def _shakespeare_text(data_dir: Path) -> str:
     src = data_dir / "input.txt"
     if not src.exists():
         download(SHAKESPEARE_URL, src, "Tiny Shakespeare")
-    text = src.read_text(encoding="utf-8")
+    return src.read_text(encoding="utf-8")
+
+
+def prepare_shakespeare_char(data_dir: str | os.PathLike) -> dict:
+    """data_dir/input.txt (downloaded if absent) -> char-level train/val bins + meta.json."""
+    text = _shakespeare_text(Path(data_dir))
     return write_dataset(data_dir, text, CharTokenizer.from_text(text))
 
 
-PREPARERS = {"shakespeare_char": prepare_shakespeare_char}
+def prepare_shakespeare(data_dir: str | os.PathLike) -> dict:
+    """data_dir/input.txt (downloaded if absent) -> GPT-2 BPE train/val bins + meta.json."""
+    tokenizer = GPT2Tokenizer()  # a missing tiktoken fails before the download
+    return write_dataset(data_dir, _shakespeare_text(Path(data_dir)), tokenizer)
+
+
+TOKENIZERS = ("char", "gpt2")
+DOC_SEPARATORS = {"char": "\n", "gpt2": "<|endoftext|>"}
+"""Put between the files of a folder: GPT-2 marks document ends with its <|endoftext|> token."""
+
+
+def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: str = "char",
+                 val_fraction: float = 0.1) -> dict:
+    """Your own text -> a dataset directory (train.bin, val.bin, meta.json) in out_dir.
+
+    source is a UTF-8 text file, a folder (every file under it, by sorted path, joined by
+    DOC_SEPARATORS[tokenizer]; hidden files skipped) or an http(s) URL (saved as
+    out_dir/input.txt). The first 1 - val_fraction of the characters train, the rest validate.
+    """
+    if tokenizer not in TOKENIZERS:
+        raise UserError(f"unknown tokenizer {tokenizer!r}; use {' or '.join(TOKENIZERS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    tok = GPT2Tokenizer() if tokenizer == "gpt2" else None
+    if str(source).startswith(("http://", "https://")):
+        local = Path(out_dir) / "input.txt"
+        if not local.exists():
+            download(str(source), local, "the input text")
+        source = local
+    text = read_text_input(source, DOC_SEPARATORS[tokenizer])
+    if len(text) < 2:
+        raise UserError(f"{source} holds {len(text)} characters; a dataset needs more text")
+    return write_dataset(out_dir, text, tok or CharTokenizer.from_text(text), val_fraction)
+
+
+def read_text_input(source: str | os.PathLike, separator: str = "\n") -> str:
+    """The text of a UTF-8 file, or of every non-hidden file under a folder joined by separator."""
+    source = Path(source)
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = sorted(f for f in source.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(source).parts))
+        if not files:
+            raise UserError(f"the folder {source} holds no files; pass a text file or a "
+                            f"folder of text files")
+    else:
+        raise UserError(f"{source} does not exist; pass --input a UTF-8 text file, a folder of "
+                        f"them, or an http(s) URL")
+    return separator.join(_read_utf8(f) for f in files)
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start}); convert it (e.g. iconv -f latin1 -t utf-8) or move it "
+                        f"out of the input") from None
+
+
+PREPARERS = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare}
 
 
 def ensure_dataset(data_dir: str | os.PathLike, dataset: str) -> Path:

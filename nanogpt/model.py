@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 ATTENTION_IMPLS = ("auto", "flash", "manual")
 
@@ -32,6 +33,8 @@ class GPTConfig:
     """Biases in Linear and LayerNorm layers (GPT-2 has them; False is a bit faster)."""
     attention: str = "auto"
     """'flash' (scaled_dot_product_attention), 'manual' (masked softmax) or 'auto' (fastest)."""
+    gelu_approximate: str = "none"
+    """MLP activation: 'none' (exact erf GELU) or 'tanh' (OpenAI GPT-2's approximation)."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -44,6 +47,9 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got "
+                             f"{self.gelu_approximate!r}")
 
 
 class LayerNorm(nn.Module):
@@ -71,6 +77,10 @@ class CausalSelfAttention(nn.Module):
         # 'auto' takes the fused kernel: on every device we tried it is faster and never
         # materialises the T x T attention matrix; 'manual' stays for reading and checking.
         self.use_flash = config.attention in ("auto", "flash")
+        # With dropout, torch's CPU kernel falls back to the math path, which keeps about two
+        # fp32 (B, H, T, T) tensors per layer for backward (1.2 GB for the baby GPT at batch
+        # 64); 'auto' recomputes attention in backward instead, with the same dropout mask.
+        self.recompute_dropout_attention = config.attention == "auto"
 
     def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -94,6 +104,10 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if self.use_flash:
             if Tq == Tk:
+                if dropout_p > 0 and self.recompute_dropout_attention \
+                        and q.device.type == "cpu" and torch.is_grad_enabled():
+                    return checkpoint(F.scaled_dot_product_attention, q, k, v,
+                                      dropout_p=dropout_p, is_causal=True, use_reentrant=False)
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
             if Tq == 1:  # one new token sees every cached key: no mask needed
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
@@ -105,6 +119,11 @@ class CausalSelfAttention(nn.Module):
         return att @ v
 
 
+def _torch_at_least(major: int, minor: int) -> bool:
+    version = torch.__version__.split("+")[0].split(".")
+    return (int(version[0]), int(version[1])) >= (major, minor)
+
+
 def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
     """(Tq, Tk) bool mask, True where query i (at absolute position Tk - Tq + i) may look."""
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
@@ -113,7 +132,10 @@ def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
 class KVCache(nn.Module):
     """Preallocated keys and values of one attention layer, for incremental decoding.
 
-    Buffers are not persistent: they never enter a state_dict or the optimizer.
+    Buffers are not persistent and the caches are not submodules of GPT: they never enter a
+    state_dict or the optimizer. Slot i holds the token at position i of the current context
+    window; when the window moves past block_size the caller resets and refills the cache
+    (see nanogpt.sampling for the cropping rule).
     """
 
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int,
@@ -142,7 +164,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -226,6 +248,17 @@ class GPT(nn.Module):
                                ignore_index=-1)
         return logits, loss
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dropout: float | None = None) -> "GPT":
+        """OpenAI GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' (downloaded
+        with the `hf` extra) or a local Hugging Face GPT-2 directory. See nanogpt.pretrained.
+        """
+        from nanogpt.pretrained import (
+            from_pretrained,  # pretrained imports model: import late
+        )
+
+        return from_pretrained(name_or_path, dropout=dropout)
+
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context length (e.g. to finetune GPT-2 at 256 instead of 1024)."""
         if not 0 < block_size <= self.config.block_size:
@@ -241,7 +274,11 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        # fused: one kernel for every tensor; on CPU (torch >= 2.4) it is ~4x faster than the
+        # per-tensor loop, a few ms a step for the small CPU configs
+        fused_devices = ("cuda", "cpu") if _torch_at_least(2, 4) else ("cuda",)
+        fused = device_type in fused_devices \
+            and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = {"fused": True} if fused else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
@@ -260,26 +297,34 @@ class GPT(nn.Module):
 
     def make_kv_caches(self, batch_size: int, dtype: torch.dtype | None = None,
                        device: torch.device | str | None = None) -> list[KVCache]:
-        """One preallocated KVCache per layer, sized for block_size positions."""
+        """One preallocated KVCache per layer, sized for block_size positions.
+
+        dtype defaults to the dtype keys are computed in: the autocast dtype inside
+        torch.autocast, else the weights' dtype.
+        """
         cfg = self.config
-        ref = self.lm_head.weight
+        ref = self.lm_head.weight[:1, :1]
+        dtype = dtype or (ref @ ref).dtype  # a 1x1 matmul reports autocast's dtype, if any
         return [KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
-                        dtype or ref.dtype, device or ref.device) for _ in range(cfg.n_layer)]
+                        dtype, device or ref.device) for _ in range(cfg.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 ) -> torch.Tensor:
+                 context_shift: int | None = None) -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
 
-        temperature 0 is greedy. See nanogpt.sampling for streaming and stop strings.
+        temperature 0 is greedy. See nanogpt.sampling for streaming, stop strings and
+        context_shift (how the context is cropped past block_size).
         """
-        from nanogpt.sampling import generate_tokens  # sampling imports model: import late
+        from nanogpt.sampling import (
+            generate_tokens,  # sampling imports model: import late
+        )
 
         new = list(generate_tokens(self, idx, max_new_tokens, temperature=temperature,
                                    top_k=top_k, top_p=top_p, generator=generator,
-                                   use_cache=use_cache))
+                                   use_cache=use_cache, context_shift=context_shift))
         if not new:
             return idx
         return torch.cat([idx] + [t.view(-1, 1) for t in new], dim=1)

@@ -1,30 +1,42 @@
 """Sampling from a GPT: logits filtering, the KV-cached decode loop, streaming text.
 
-Context longer than block_size. Learned positions cannot go past block_size, so when the
-context is full the oldest tokens are dropped. `context_shift` says how many go at once:
-1 is nanoGPT's sliding window (every new token sees exactly block_size tokens, and the cache
-must re-read the whole window for every token); the default, block_size // 4, drops a quarter
-of the window at once, so the cache re-reads (prefills) the remaining 3/4 once per
-block_size // 4 new tokens and decodes the rest one token at a time. Both paths, cached and
-uncached, follow the same rule, so they produce the same tokens.
+Context longer than block_size. Learned positions stop at block_size, so the oldest tokens
+must go. A prompt keeps its last block_size tokens. When the window is full, the next token
+first drops the oldest `context_shift` tokens, leaving block_size + 1 - context_shift
+(the new one included); the window then grows again until full. context_shift=1 is nanoGPT's
+sliding window: every token sees exactly block_size tokens. The default, block_size // 4,
+drops a quarter of the window at a time.
+
+The KV cache follows the same rule: its slot i holds the window's token i. When the window
+moves, the cache is emptied and the new window prefilled in one forward; the other tokens
+are decoded one at a time. Keys thus always sit at the positions the uncached path gives
+them, so both paths compute the same logits (to float rounding) and the same tokens. The
+price is one prefill of block_size + 1 - context_shift tokens per context_shift new tokens:
+with context_shift=1 every token past block_size re-reads the window, as without a cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.nn import functional as F
 
+from nanogpt.errors import UserError
 from nanogpt.model import GPT
+
+
+class SamplingError(UserError, ValueError):
+    """A bad sampling option or prompt."""
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top_k largest and outside the top_p nucleus.
 
-    logits: (B, V). top_p keeps the smallest set of tokens whose probability sums to >= top_p
-    (always at least the most likely one).
+    logits: (B, V). Ties with the k-th largest logit are kept. top_p keeps the smallest set
+    of tokens whose probability sums to >= top_p (always at least the most likely one).
     """
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -53,32 +65,47 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 def validate_sampling(max_new_tokens: int, temperature: float, top_k: int | None,
                       top_p: float | None) -> None:
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise SamplingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise SamplingError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None), got {top_k}")
+        raise SamplingError(f"top_k must be >= 1 (or None), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise SamplingError(f"top_p must be in (0, 1], got {top_p}")
 
 
-@torch.no_grad()
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                     temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, generator: torch.Generator | None = None,
                     use_cache: bool = True, context_shift: int | None = None,
-                    ) -> Iterator[torch.Tensor]:
-    """Yield max_new_tokens next-token tensors (B,), continuing the prompts idx (B, T).
+                    seed: int | None = None) -> Iterator[torch.Tensor]:
+    """Iterator of max_new_tokens next-token tensors (B,), continuing the prompts idx (B, T).
 
-    The model is put in eval mode for the duration (dropout off) and restored afterwards.
+    Randomness comes from generator, or a new one seeded with seed, or else torch's global
+    RNG. Options are checked now; the model runs in eval mode while the iterator runs.
     """
     validate_sampling(max_new_tokens, temperature, top_k, top_p)
-    if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError("the prompt must be a (batch, length >= 1) tensor of token ids")
+    if idx.dim() != 2 or idx.size(0) == 0 or idx.size(1) == 0:
+        raise SamplingError("the prompt must be a (batch >= 1, length >= 1) tensor of token ids")
     block_size = model.config.block_size
-    shift = block_size // 4 if context_shift is None else context_shift
+    shift = (block_size // 4 or 1) if context_shift is None else context_shift
     if not 1 <= shift <= block_size:
-        raise ValueError(f"context_shift must be in 1..{block_size}, got {shift}")
+        raise SamplingError(f"context_shift must be in 1..{block_size}, got {shift}")
+    if seed is not None:
+        if generator is not None:
+            raise SamplingError("pass seed or generator, not both")
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return sample_next(logits, temperature, top_k, top_p, generator)
+
+    return _decode_loop(model, idx, max_new_tokens, pick, use_cache, shift)
+
+
+@torch.no_grad()
+def _decode_loop(model: GPT, idx: torch.Tensor, max_new_tokens: int,
+                 pick: Callable[[torch.Tensor], torch.Tensor], use_cache: bool, shift: int,
+                 ) -> Iterator[torch.Tensor]:
     was_training = model.training
     model.eval()
     try:
@@ -86,19 +113,23 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                        else _UncachedDecoder(model, shift))
         tokens = idx
         for _ in range(max_new_tokens):
-            nxt = sample_next(next_logits(tokens), temperature, top_k, top_p, generator)
+            nxt = pick(next_logits(tokens))
             yield nxt
             tokens = torch.cat([tokens, nxt.view(-1, 1)], dim=1)
     finally:
         model.train(was_training)
 
 
-def _window_start(length: int, start: int, block_size: int, shift: int) -> int:
-    """Start of the context window once the sequence has grown to `length` tokens."""
+def _window_start(length: int, start: int | None, block_size: int, shift: int) -> int:
+    """Start of the context window once the sequence has grown to `length` tokens.
+
+    start is the current window start, None for the prompt (which keeps its last block_size
+    tokens).
+    """
+    if start is None:
+        return max(0, length - block_size)
     if length - start <= block_size:
         return start
-    if start == 0 and length > block_size + 1:  # a long prompt: keep its last block_size tokens
-        return length - block_size
     return length - (block_size + 1 - shift)
 
 
@@ -106,7 +137,7 @@ class _UncachedDecoder:
     """tokens (B, L) -> logits (B, V) of the next token, re-reading the whole window."""
 
     def __init__(self, model: GPT, shift: int):
-        self.model, self.shift, self.start = model, shift, 0
+        self.model, self.shift, self.start = model, shift, None
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.start = _window_start(tokens.size(1), self.start, self.model.config.block_size,
@@ -116,24 +147,26 @@ class _UncachedDecoder:
 
 
 class _CachedDecoder:
-    """Like _UncachedDecoder, but only tokens not yet in the KV cache go through the model."""
+    """Like _UncachedDecoder, but only tokens not yet in the KV cache go through the model.
+
+    When the window moves, the cache is emptied and refilled from the new window (prefill),
+    so the keys always sit at the positions the uncached decoder gives them.
+    """
 
     def __init__(self, model: GPT, shift: int, batch_size: int):
-        self.model, self.shift, self.start = model, shift, 0
+        self.model, self.shift, self.start = model, shift, None
         self.caches = model.make_kv_caches(batch_size)
         self.cached_upto = 0  # absolute index one past the last cached token
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.size(1)
         start = _window_start(length, self.start, self.model.config.block_size, self.shift)
-        if start != self.start or self.cached_upto == 0:  # (re)fill the cache from the window
-            self.start = start
+        if start != self.start:  # first call, or the window moved: prefill
+            self.start, self.cached_upto = start, start
             for c in self.caches:
                 c.reset()
-            logits, _ = self.model(tokens[:, start:], kv_caches=self.caches)
-        else:
-            logits, _ = self.model(tokens[:, self.cached_upto:], kv_caches=self.caches,
-                                   start_pos=self.cached_upto - start)
+        logits, _ = self.model(tokens[:, self.cached_upto:], kv_caches=self.caches,
+                               start_pos=self.cached_upto - start)
         self.cached_upto = length
         return logits[:, -1, :]
 
@@ -187,34 +220,62 @@ class TextStream:
         return max(safe, self.shown)
 
 
-def generate_text(model: GPT, encode: Callable[[str], list[int]],
-                  decode: Callable[[list[int]], str], prompt: str, *, num_samples: int = 1,
-                  max_new_tokens: int = 500, temperature: float = 1.0,
-                  top_k: int | None = None, top_p: float | None = None,
-                  stop: Sequence[str] = (), generator: torch.Generator | None = None,
-                  use_cache: bool = True, on_text: Callable[[int, str], None] | None = None,
-                  ) -> list[str]:
-    """Sample num_samples continuations of prompt as one batch; return their new text.
+def generate_pieces(model: GPT, encode: Callable[[str], list[int]],
+                   decode: Callable[[list[int]], str], prompt: str, *, num_samples: int = 1,
+                   max_new_tokens: int = 500, stop: Sequence[str] = (), **options,
+                   ) -> Iterator[tuple[int, str]]:
+    """Sample num_samples continuations of prompt as one batch; yield (sample_index, piece)
+    as each sample's new text becomes final.
 
-    on_text(sample_index, piece) is called as text becomes final (for streaming). A sample
-    ends at its first stop string (which is not included); generation stops when all have.
+    A sample ends at its first stop string (which is not included); generation ends when all
+    have. options: temperature, top_k, top_p, seed, generator, use_cache, context_shift
+    (see generate_tokens).
     """
+    if num_samples < 1:
+        raise SamplingError(f"num_samples must be >= 1, got {num_samples}")
     ids = encode(prompt)
     if not ids:
-        raise ValueError("the prompt is empty after encoding; give at least one token")
-    device = model.lm_head.weight.device
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    streams = [TextStream(decode, stop) for _ in range(num_samples)]
-    for nxt in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p,
-                               generator, use_cache):
-        for i, tok in enumerate(nxt.tolist()):
-            piece = streams[i].push(tok)
-            if piece and on_text is not None:
-                on_text(i, piece)
-        if all(s.done for s in streams):
-            break
+        raise SamplingError("the prompt is empty after encoding; give at least one token")
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=model.lm_head.weight.device)
+    tokens = generate_tokens(model, idx, max_new_tokens, **options)
+    return _text_pieces(tokens, [TextStream(decode, stop) for _ in range(num_samples)])
+
+
+def _text_pieces(tokens: Iterator[torch.Tensor], streams: list[TextStream],
+                 ) -> Iterator[tuple[int, str]]:
+    with contextlib.closing(tokens):  # stopping early restores the model's mode at once
+        for nxt in tokens:
+            for i, tok in enumerate(nxt.tolist()):
+                piece = streams[i].push(tok)
+                if piece:
+                    yield i, piece
+            if all(s.done for s in streams):
+                break
     for i, s in enumerate(streams):
         piece = s.flush()
-        if piece and on_text is not None:
-            on_text(i, piece)
-    return [s.text for s in streams]
+        if piece:
+            yield i, piece
+
+
+def generate_text(model: GPT, encode: Callable[[str], list[int]],
+                  decode: Callable[[list[int]], str], prompt: str, *, num_samples: int = 1,
+                  **options) -> list[str]:
+    """The new text of num_samples samples of prompt (one batch); options as generate_pieces."""
+    texts = [""] * num_samples
+    for i, piece in generate_pieces(model, encode, decode, prompt, num_samples=num_samples,
+                                    **options):
+        texts[i] += piece
+    return texts
+
+
+def stream(model: GPT, tokenizer, prompt: str, **options) -> Iterator[str]:
+    """The new text of one sample, piece by piece as it is generated. For notebooks:
+
+        for piece in stream(model, tok, "ROMEO:", max_new_tokens=200, stop=["\n\n"], seed=1):
+            print(piece, end="", flush=True)
+
+    tokenizer has encode and decode; options as generate_pieces (but one sample).
+    """
+    pieces = generate_pieces(model, tokenizer.encode, tokenizer.decode, prompt, num_samples=1,
+                             **options)
+    return (piece for _, piece in pieces)

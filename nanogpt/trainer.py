@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -16,10 +15,20 @@ from pathlib import Path
 import torch
 
 from nanogpt import common
-from nanogpt.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint,
-                                model_from_checkpoint, save_checkpoint)
+from nanogpt.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    save_run_config,
+)
 from nanogpt.config import TrainConfig, format_config
-from nanogpt.data import BatchSampler, ensure_dataset, load_meta, tokenizer_from_dict
+from nanogpt.data import (
+    BatchSampler,
+    GPT2Tokenizer,
+    ensure_dataset,
+    load_meta,
+)
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.model import GPT, GPTConfig
 
@@ -49,25 +58,26 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
                   ctx, dist: common.DistInfo) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches per split (averaged over ranks).
+    """Mean loss over eval_iters fixed batches per split, shared out among the ranks.
 
     Eval batches come from their own seeded stream: they never move the training stream or
     the global RNG, and every eval sees the same batches, so evals compare like with like.
+    Rank r takes batches r, r + world_size, ...: any world size averages the same batches.
+    Pass the unwrapped model: evaluation needs no gradient sync.
     """
     was_training = model.training
     model.eval()
     out = {}
     for split, sampler in samplers.items():
         total = torch.zeros((), device=sampler.device)
-        for k in range(eval_iters):
-            x, y = sampler.get_batch(k, dist.rank)
+        for k in range(dist.rank, eval_iters, dist.world_size):
+            x, y = sampler.get_batch(k)
             with ctx:
                 _, loss = model(x, y)
             total += loss.float()
-        mean = total / eval_iters
         if dist.enabled:
-            torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
-        out[split] = mean.item()
+            torch.distributed.all_reduce(total)  # SUM: gloo has no AVG
+        out[split] = (total / eval_iters).item()
     model.train(was_training)
     return out
 
@@ -132,9 +142,14 @@ class Run:
     dtype: str
     compile: bool
     tokenizer_meta: dict
+    vocab_size: int
     train_sampler: BatchSampler
     eval_samplers: dict[str, BatchSampler]
     ckpt: dict | None = None
+    started: float = field(default_factory=time.time)
+    """Unix time the run was set up; log records carry `elapsed`, the seconds since then."""
+    pretrained: str | None = None
+    """The GPT-2 name or directory the weights started from (kept across resumes)."""
 
     @property
     def ckpt_path(self) -> Path:
@@ -146,16 +161,21 @@ def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
     device = common.resolve_device(cfg.device)
     dtype = common.resolve_dtype(cfg.dtype, device)
     use_compile = cfg.compile == "True" or (cfg.compile == "auto" and device.startswith("cuda"))
-    if dist.is_master:
-        ddir = ensure_dataset(cfg.data_dir, cfg.dataset)
-    else:
-        ddir = Path(cfg.data_dir) / cfg.dataset
+    ddir = _ensure_dataset_once(cfg, dist, device)
     meta = load_meta(ddir)
     if cfg.vocab_size is not None and cfg.vocab_size != meta["vocab_size"]:
         raise UserError(f"vocab_size {cfg.vocab_size} does not match the dataset's "
                         f"{meta['vocab_size']} ({ddir / 'meta.json'}); drop --vocab_size")
-    if cfg.init_from.startswith("gpt2"):
-        raise UserError("init_from=gpt2* is not available yet; use scratch or resume")
+    pretrained = None if cfg.init_from in ("scratch", "resume") else cfg.init_from
+    if pretrained is not None:
+        _check_gpt2_dataset(cfg, meta, ddir)
+    samplers = {}
+    for i, split in enumerate(("train", "val")):
+        samplers[split] = BatchSampler(str(ddir / f"{split}.bin"), cfg.block_size,
+                                       cfg.batch_size, cfg.seed + 1 + i, device,
+                                       meta.get("dtype", "uint16"))
+    train_sampler = BatchSampler(samplers["train"].path, cfg.block_size, cfg.batch_size,
+                                 cfg.seed, device, samplers["train"].dtype)
     ckpt_file = checkpoint_path(cfg.out_dir)
     ckpt = None
     if cfg.init_from == "resume":
@@ -164,25 +184,56 @@ def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
                             f"check --out_dir or start with --init_from=scratch")
         ckpt = load_checkpoint(ckpt_file)
         _check_same_shape(ckpt, cfg, meta["vocab_size"])
+        pretrained = ckpt.get("pretrained")
     elif ckpt_file.exists() and not cfg.overwrite:
         raise UserError(f"{ckpt_file} already exists; resume it with --init_from=resume, "
                         f"choose another --out_dir, or pass --overwrite to replace it")
-    samplers = {}
-    for i, split in enumerate(("train", "val")):
-        samplers[split] = BatchSampler(str(ddir / f"{split}.bin"), cfg.block_size,
-                                       cfg.batch_size, cfg.seed + 1 + i, device,
-                                       meta.get("dtype", "uint16"))
-    train_sampler = BatchSampler(samplers["train"].path, cfg.block_size, cfg.batch_size,
-                                 cfg.seed, device, samplers["train"].dtype)
-    return Run(cfg, dist, device, dtype, use_compile, meta["tokenizer"], train_sampler,
-               samplers, ckpt)
+    return Run(cfg, dist, device, dtype, use_compile, meta["tokenizer"], meta["vocab_size"],
+               train_sampler, samplers, ckpt, pretrained=pretrained)
+
+
+def _check_gpt2_dataset(cfg: TrainConfig, meta: dict, ddir: Path) -> None:
+    kind = meta["tokenizer"].get("kind")
+    if kind != "gpt2":
+        raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, "
+                        f"but {ddir} uses the {kind!r} tokenizer; run python data/prepare.py "
+                        f"--input YOUR_TEXT --tokenizer gpt2 --out {Path(cfg.data_dir) / 'NAME'}"
+                        f" and pass --dataset NAME")
+
+
+def _ensure_dataset_once(cfg: TrainConfig, dist: common.DistInfo, device: str) -> Path:
+    """Rank 0 prepares the dataset while the other ranks wait; then every rank reads it.
+
+    The wait is a broadcast of rank 0's outcome, so a failed preparation ends every rank
+    with an error instead of leaving the others waiting on files that never come.
+    """
+    if not dist.enabled:
+        return ensure_dataset(cfg.data_dir, cfg.dataset)
+    ddir, error = Path(cfg.data_dir) / cfg.dataset, None
+    if dist.is_master:
+        try:
+            ensure_dataset(cfg.data_dir, cfg.dataset)
+        except Exception as e:  # noqa: BLE001 - re-raised below, once the others know
+            error = e
+    failed = torch.tensor([int(error is not None)], device=device)
+    torch.distributed.broadcast(failed, src=0)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise UserError(f"rank 0 could not prepare dataset {cfg.dataset!r}; see its error")
+    if not (ddir / "meta.json").is_file():
+        raise UserError(f"rank {dist.rank} finds no dataset at {ddir} (rank 0 prepared "
+                        f"it): prepare it at the same path on every node, or share the disk")
+    return ddir
 
 
 def _check_same_shape(ckpt: dict, cfg: TrainConfig, vocab_size: int) -> None:
     saved = ckpt["model_args"]
     wanted = {k: getattr(cfg, k) for k in SHAPE_KEYS}
     wanted["vocab_size"] = cfg.vocab_size or vocab_size
-    diff = [f"{k}={wanted[k]!r} (checkpoint has {saved[k]!r})" for k in SHAPE_KEYS
+    # a finetuned GPT-2 has GPT-2's shape whatever n_layer etc. say, as when it started
+    keys = ("block_size", "vocab_size") if ckpt.get("pretrained") else SHAPE_KEYS
+    diff = [f"{k}={wanted[k]!r} (checkpoint has {saved[k]!r})" for k in keys
             if saved.get(k) != wanted[k]]
     if diff:
         raise UserError("cannot resume: the model shape differs from the checkpoint: "
@@ -192,18 +243,32 @@ def _check_same_shape(ckpt: dict, cfg: TrainConfig, vocab_size: int) -> None:
 def build_model(run: Run) -> GPT:
     cfg = run.cfg
     if run.ckpt is not None:
-        model = model_from_checkpoint(run.ckpt, dropout=cfg.dropout)
-        model.config.attention = cfg.attention
+        model = model_from_checkpoint(run.ckpt, dropout=cfg.dropout, attention=cfg.attention)
+    elif run.pretrained is not None:
+        model = pretrained_model(run.pretrained, cfg)
     else:
         model = GPT(GPTConfig(block_size=cfg.block_size,
-                              vocab_size=cfg.vocab_size or run_vocab_size(run),
+                              vocab_size=cfg.vocab_size or run.vocab_size,
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                               dropout=cfg.dropout, bias=cfg.bias, attention=cfg.attention))
     return model.to(run.device)
 
 
-def run_vocab_size(run: Run) -> int:
-    return tokenizer_from_dict(run.tokenizer_meta).vocab_size
+def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
+    """GPT-2 weights with cfg's dropout, cropped to cfg.block_size; other shape keys ignored."""
+    model = GPT.from_pretrained(name_or_path, dropout=cfg.dropout)
+    mc = model.config
+    if mc.vocab_size != GPT2Tokenizer.vocab_size:
+        raise UserError(f"{name_or_path} has vocab_size {mc.vocab_size}, not GPT-2's "
+                        f"{GPT2Tokenizer.vocab_size}: it cannot train on GPT-2 BPE tokens")
+    if cfg.block_size > mc.block_size:
+        raise UserError(f"block_size {cfg.block_size} is longer than {name_or_path}'s "
+                        f"{mc.block_size} positions; use --block_size={mc.block_size} or less")
+    if cfg.block_size < mc.block_size:
+        model.crop_block_size(cfg.block_size)
+    log.info("initialized from %s: n_layer=%d n_head=%d n_embd=%d bias=True (its own shape, "
+             "not the config's)", name_or_path, mc.n_layer, mc.n_head, mc.n_embd)
+    return model
 
 
 def make_checkpoint(raw_model: GPT, optimizer, scaler, run: Run, iter_num: int,
@@ -216,6 +281,7 @@ def make_checkpoint(raw_model: GPT, optimizer, scaler, run: Run, iter_num: int,
         "model_args": {k: getattr(raw_model.config, k) for k in GPTConfig.__dataclass_fields__},
         "config": cfg_dict,
         "tokenizer": run.tokenizer_meta,
+        "pretrained": run.pretrained,
         "iter_num": iter_num,
         "best_val_loss": best_val_loss,
         "rng": common.get_rng_state(),
@@ -229,8 +295,9 @@ def all_finite(model: torch.nn.Module) -> bool:
 def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
     """Train a GPT as cfg says. User mistakes raise UserError before out_dir is touched."""
     dist = dist or common.DistInfo()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    threads = common.default_num_threads(cfg.num_threads)
+    if threads:
+        torch.set_num_threads(threads)
     run = prepare_run(cfg, dist)
     log.info("config:\n%s\n  (resolved: device=%s dtype=%s compile=%s world_size=%d)",
              format_config(cfg), run.device, run.dtype, run.compile, dist.world_size)
@@ -255,8 +322,6 @@ def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
         common.set_rng_state(run.ckpt["rng"])
         log.info("resuming from %s at iteration %d", run.ckpt_path, iter_num)
         run.ckpt = None  # free the memory
-    elif dist.rank:
-        torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; weights come from rank 0
 
     model: torch.nn.Module = raw_model
     if run.compile:
@@ -268,6 +333,7 @@ def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
 
     if dist.is_master:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        save_run_config(cfg.out_dir, cfg.to_dict())
     jlog = JsonlLog(Path(cfg.out_dir) / "log.jsonl" if dist.is_master else None,
                     append=cfg.init_from == "resume")
     try:
@@ -287,6 +353,7 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
     peak = common.peak_flops(run.device, run.dtype)
     losses: dict[str, float] = {}
     last_good = "none yet"
+    eval_model = model.module if dist.enabled else model  # compiled, not DDP-wrapped
 
     def save(reason: str) -> None:
         nonlocal last_good
@@ -306,11 +373,12 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
         t_last = time.perf_counter()
         while True:
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-                losses = estimate_loss(model, run.eval_samplers, cfg.eval_iters, ctx, dist)
+                losses = estimate_loss(eval_model, run.eval_samplers, cfg.eval_iters, ctx, dist)
                 log.info("step %d: train loss %.4f, val loss %.4f", iter_num, losses["train"],
                          losses["val"])
                 jlog.write(event="eval", iter=iter_num, train_loss=losses["train"],
-                           val_loss=losses["val"], time=time.time())
+                           val_loss=losses["val"], time=time.time(),
+                           elapsed=time.time() - run.started)
                 improved = losses["val"] < best_val_loss
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0 and (improved or cfg.always_save_checkpoint) \
@@ -325,7 +393,9 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=run.device)
             for micro in range(accum):
-                x, y = run.train_sampler.get_batch(iter_num, micro * dist.world_size + dist.rank)
+                global_micro = micro * dist.world_size + dist.rank
+                x, y = run.train_sampler.get_batch(iter_num, global_micro)
+                common.seed_micro_step(cfg.seed, iter_num, global_micro)
                 sync = not dist.enabled or micro == accum - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
                     with ctx:
@@ -338,7 +408,7 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
                 if scaler:
                     scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            lossf = loss_sum.item()
+            lossf = _mean_over_ranks(loss_sum, dist).item()  # the same on every rank
             bad_grad = grad_norm is not None and not math.isfinite(grad_norm.item())
             if not math.isfinite(lossf) or (bad_grad and scaler is None):
                 what = f"loss is {lossf}" if not math.isfinite(lossf) else \
@@ -359,7 +429,8 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
             if iter_num % cfg.log_interval == 0 and dist.is_master:
                 tok_s = tokens_per_iter / dt
                 record = dict(event="train", iter=iter_num - 1, loss=lossf, lr=lr,
-                              ms=dt * 1000, tok_per_s=tok_s)
+                              ms=dt * 1000, tok_per_s=tok_s,
+                              elapsed=time.time() - run.started)
                 if peak:
                     record["mfu"] = raw_model.flops_per_token() * tok_s / peak
                 jlog.write(**record)
@@ -378,6 +449,13 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
     finally:
         bar.close()
     return TrainResult(iter_num, best_val_loss, cfg.out_dir, losses)
+
+
+def _mean_over_ranks(value: torch.Tensor, dist: common.DistInfo) -> torch.Tensor:
+    if dist.enabled:
+        torch.distributed.all_reduce(value)  # SUM: gloo has no AVG
+        value = value / dist.world_size
+    return value
 
 
 def _should_stop(stop: GracefulStop, dist: common.DistInfo, device: str) -> bool:

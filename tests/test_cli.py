@@ -3,6 +3,7 @@ file in out_dir changed."""
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -131,3 +132,12 @@ def test_sample_prints_the_requested_characters(trained, capsys):
     assert len(samples) == 4 and samples[-1] == ""
     for s in samples[:3]:
         assert s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 40
+
+
+def test_resume_needs_only_the_out_dir(trained, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    assert train_main(["--init_from=resume", f"--out_dir={out}", "--max_iters=6"]) == 0
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 6 and ckpt["config"]["n_embd"] == 32
+    assert ckpt["config"]["max_iters"] == 6

@@ -1,15 +1,19 @@
 """The training loop in-process: schedule, checkpoints, resume, NaN guard."""
 
 import json
-import math
-from fractions import Fraction
 import os
+from fractions import Fraction
 
 import pytest
 import torch
 
 from nanogpt import checkpoint as ckpt_mod
-from nanogpt.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from nanogpt.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from nanogpt.config import TrainConfig, parse_args
 from nanogpt.errors import UserError
 from nanogpt.model import GPT

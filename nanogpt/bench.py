@@ -1,0 +1,248 @@
+"""Training speed and memory of a config, and of variants of it side by side.
+
+    python -m nanogpt.bench --config configs/shakespeare_char_cpu.py \
+        --compare attention=flash,manual --compare compile=False,True
+
+Every variant runs in a fresh subprocess (so peak memory is its own and no variant inherits
+another's warm caches or compiled code); with --repeats > 1 the variants take turns, so a
+change of machine load hits them alike. A measured step is the trainer's step: get a batch,
+forward and backward under autocast, clip, AdamW step; evaluation and checkpoints are left out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH_USAGE = """usage: python -m nanogpt.bench [--config FILE ...] [--key=value ...]
+       [--iters N] [--warmup N] [--repeats N] [--compare KEY=V1,V2 ...]
+
+Measures steady-state training speed (ms/iter, tokens/s, FLOP/s and fraction of the device's
+measured or listed peak) and peak memory. Each --compare adds an axis; every combination of
+the axes is one variant, run in its own process. --key=value are TrainConfig keys.
+"""
+
+BENCH_FLAGS = {"iters": 20, "warmup": 3, "repeats": 1}
+
+
+def split_bench_argv(argv: list[str]) -> tuple[dict[str, int], list[str], list[str]]:
+    """argv -> (bench flags, --compare specs, the rest: config files and --key=value)."""
+    flags, compares, rest = dict(BENCH_FLAGS), [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key in BENCH_FLAGS or key == "compare":
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"--{key} needs a value")
+                value, i = argv[i + 1], i + 1
+            if key == "compare":
+                compares.append(value)
+            else:
+                flags[key] = int(value)
+        else:
+            rest.append(arg)
+        i += 1
+    return flags, compares, rest
+
+
+def variant_grid(compares: list[str]) -> list[dict[str, str]]:
+    """['dtype=float32,bfloat16', 'compile=False,True'] -> every combination, as dicts."""
+    axes = []
+    for spec in compares:
+        key, eq, values = spec.partition("=")
+        if not eq or not values:
+            raise ValueError(f"--compare wants KEY=V1,V2,...; got {spec!r}")
+        axes.append([(key.strip(), v.strip()) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
+    """Build the run argv describes and time `iters` training steps after `warmup` ones.
+
+    Returns plain numbers: ms per step (median), tokens/s, FLOPs per token, achieved FLOP/s,
+    the peak it is compared with, peak memory (process RSS, and CUDA allocations on a GPU).
+    """
+    import torch
+
+    from nanogpt import common, trainer
+    from nanogpt.config import parse_args
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        cfg = parse_args(argv + [f"--out_dir={out_dir}", "--init_from=scratch"])
+        threads = common.default_num_threads(cfg.num_threads)
+        if threads:
+            torch.set_num_threads(threads)
+        run = trainer.prepare_run(cfg, common.DistInfo())
+    common.seed_everything(cfg.seed)
+    raw_model = trainer.build_model(run)
+    kind = run.device.split(":")[0]
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
+                                               (cfg.beta1, cfg.beta2), kind)
+    model = torch.compile(raw_model) if run.compile else raw_model
+    scaler = torch.amp.GradScaler(kind) if run.dtype == "float16" else None
+    ctx = common.autocast(run.device, run.dtype)
+
+    def step(i: int) -> float:
+        for micro in range(cfg.gradient_accumulation_steps):
+            x, y = run.train_sampler.get_batch(i, micro)
+            with ctx:
+                _, loss = model(x, y)
+                loss = loss / cfg.gradient_accumulation_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+        if cfg.grad_clip > 0:
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()  # waits for the device, as the trainer's logging does
+
+    t0 = time.perf_counter()
+    step(0)
+    first_step_s = time.perf_counter() - t0
+    for i in range(1, warmup):
+        step(i)
+    times = []
+    for i in range(warmup, warmup + iters):
+        t0 = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    flops_per_token = raw_model.flops_per_token()
+    result = {
+        "device": run.device, "dtype": run.dtype, "compile": run.compile,
+        "threads": torch.get_num_threads(), "params": raw_model.get_num_params(),
+        "ms_per_iter": 1000 * seconds, "ms_min": 1000 * min(times),
+        "tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token,
+        "flops_per_s": flops_per_token * tokens / seconds, "first_step_s": first_step_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if kind == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    result["peak_flops"], result["peak_source"] = device_peak(run.device, run.dtype)
+    return result
+
+
+def device_peak(device: str, dtype: str) -> tuple[float | None, str]:
+    """(peak FLOP/s, where it comes from): the GPU table, or a matmul measured here."""
+    from nanogpt import common
+
+    listed = common.peak_flops(device, dtype)
+    if listed:
+        return listed, "table"
+    # a small matmul for slow dtypes keeps the measurement short (bf16 without AMX: ~1 GFLOP/s)
+    n = 1024 if dtype == "float32" else 256
+    return common.measure_matmul_flops(dtype, n=n, device=device, repeats=5), f"matmul {n}"
+
+
+def run_variant(argv: list[str], iters: int, warmup: int, timeout: float = 3600) -> dict:
+    """measure_training in a fresh Python process; its result dict, or {'error': ...}."""
+    cmd = [sys.executable, "-m", "nanogpt.bench", "--worker", json.dumps(
+        {"argv": argv, "iters": iters, "warmup": warmup})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return json.loads(lines[-1])
+
+
+def compare(argv: list[str], variants: list[dict[str, str]], iters: int, warmup: int,
+            repeats: int = 1) -> list[tuple[dict[str, str], dict]]:
+    """Run each variant `repeats` times, taking turns; per variant keep the median-speed run
+    (and the largest peak memory of its runs)."""
+    runs: list[list[dict]] = [[] for _ in variants]
+    for _ in range(repeats):
+        for i, variant in enumerate(variants):
+            extra = [f"--{k}={v}" for k, v in variant.items()]
+            runs[i].append(run_variant(argv + extra, iters, warmup))
+    out = []
+    for variant, results in zip(variants, runs):
+        good = sorted((r for r in results if "error" not in r), key=lambda r: r["ms_per_iter"])
+        if not good:
+            out.append((variant, results[0]))
+            continue
+        best = dict(good[len(good) // 2])
+        best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in good)
+        best["runs_ms"] = [round(r["ms_per_iter"], 2) for r in good]
+        out.append((variant, best))
+    return out
+
+
+COLUMNS = ("variant", "ms/iter", "tokens/s", "GFLOP/s", "% peak", "peak RSS MB", "1st step s")
+
+
+def table_rows(results: list[tuple[dict[str, str], dict]]) -> list[list[str]]:
+    """One row of strings per variant, in COLUMNS order; failed variants show their error."""
+    rows = []
+    for variant, r in results:
+        name = " ".join(f"{k}={v}" for k, v in variant.items()) or "as configured"
+        if "error" in r:
+            rows.append([name, "failed: " + r["error"]] + [""] * (len(COLUMNS) - 2))
+            continue
+        frac = f"{100 * r['flops_per_s'] / r['peak_flops']:.1f}" if r.get("peak_flops") else "-"
+        rss = f"{r['peak_rss_mb']:.0f}"
+        if "peak_cuda_mb" in r:
+            rss += f" (cuda {r['peak_cuda_mb']:.0f})"
+        rows.append([name, f"{r['ms_per_iter']:.1f}", f"{r['tokens_per_s']:,.0f}",
+                     f"{r['flops_per_s'] / 1e9:.1f}", frac, rss, f"{r['first_step_s']:.1f}"])
+    return rows
+
+
+def format_table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A Markdown table, columns padded to line up in a terminal."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), sep] + [line(r) for r in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        job = json.loads(argv[1])
+        print(json.dumps(measure_training(job["argv"], job["iters"], job["warmup"])))
+        return 0
+    if "-h" in argv or "--help" in argv:
+        print(BENCH_USAGE)
+        return 0
+    try:
+        flags, compares, rest = split_bench_argv(argv)
+        variants = variant_grid(compares)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = compare(rest, variants, flags["iters"], flags["warmup"], flags["repeats"])
+    first = next((r for _, r in results if "error" not in r), None)
+    if first:
+        peak = (f"{first['peak_flops'] / 1e9:.0f} GFLOP/s ({first['peak_source']}, "
+                f"{first['dtype']})" if first.get("peak_flops") else "unknown")
+        print(f"device {first['device']}, {first['threads']} threads, "
+              f"{first['params'] / 1e6:.2f}M parameters, "
+              f"{first['flops_per_token'] / 1e6:.1f} MFLOP/token, peak {peak}; "
+              f"median of {flags['iters']} steps after {flags['warmup']} warm-up, "
+              f"{flags['repeats']} run(s) per variant")
+    print(format_table(table_rows(results)))
+    return 0 if all("error" not in r for _, r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
