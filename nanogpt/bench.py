@@ -84,6 +84,7 @@ def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
         run = trainer.prepare_run(cfg, common.DistInfo())
     common.seed_everything(cfg.seed)
     raw_model = trainer.build_model(run)
+    raw_model.recompute_blocks = cfg.activation_checkpointing
     kind = run.device.split(":")[0]
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
                                                (cfg.beta1, cfg.beta2), kind)
@@ -153,7 +154,7 @@ def run_variant(argv: list[str], iters: int, warmup: int, timeout: float = 3600)
     """measure_training in a fresh Python process; its result dict, or {'error': ...}."""
     cmd = [sys.executable, "-m", "nanogpt.bench", "--worker", json.dumps(
         {"argv": argv, "iters": iters, "warmup": warmup})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

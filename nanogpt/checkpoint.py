@@ -20,7 +20,7 @@ from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
-CONFIG_NAME = "config.json"
+CONFIG_NAME = "train_config.json"  # not config.json: export may write a HF one
 
 
 class CheckpointError(UserError):
@@ -71,7 +71,7 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
 
 
 def save_run_config(out_dir: str | os.PathLike, config: dict) -> None:
-    """out_dir/config.json: the run's resolved TrainConfig, readable without torch."""
+    """out_dir/train_config.json: the run's resolved TrainConfig, readable without torch."""
     path = Path(out_dir) / CONFIG_NAME
     tmp = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
@@ -79,7 +79,7 @@ def save_run_config(out_dir: str | os.PathLike, config: dict) -> None:
 
 
 def saved_run_config(out_dir: str | os.PathLike) -> dict | None:
-    """The config.json a run left in out_dir, or None if there is none (or it is unreadable)."""
+    """The train_config.json a run left in out_dir, or None if there is none or unreadable."""
     try:
         return json.loads((Path(out_dir) / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):

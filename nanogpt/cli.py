@@ -44,14 +44,22 @@ def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
 def _run_guarded(body: Callable[[], int], debug: bool) -> int:
     from nanogpt.errors import TrainingStopped, UserError
 
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank ends the same way
     try:
         return body()
     except TrainingStopped as e:
-        print(str(e), file=sys.stderr)
+        if rank0:
+            print(str(e), file=sys.stderr)
         return e.exit_code
-    except UserError as e:
+    except (UserError, oom) as e:
         if debug:
             raise
+        if isinstance(e, oom):
+            e = UserError("out of memory on the device; lower --batch_size (raise "
+                          "--gradient_accumulation_steps to keep the batch) or --block_size")
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -90,7 +98,7 @@ def _train(argv: list[str]) -> int:
         saved = saved_run_config(cfg.out_dir)
         if saved is not None:
             cfg = parse_args(argv, base={k: v for k, v in saved.items()
-                                         if k not in ("init_from", "overwrite")})
+                                         if k not in ("init_from", "overwrite", "eval_only")})
     dist = common.dist_from_env()
     setup_logging(enabled=dist.is_master)
     if not dist.enabled:

@@ -309,6 +309,7 @@ def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
 
     common.seed_everything(cfg.seed)
     raw_model = build_model(run)
+    raw_model.recompute_blocks = cfg.activation_checkpointing
     log.info("number of parameters: %.2fM", raw_model.get_num_params() / 1e6)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
                                                (cfg.beta1, cfg.beta2), run.device.split(":")[0])

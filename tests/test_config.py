@@ -1,6 +1,7 @@
 import pytest
 
 from nanogpt.config import ConfigError, TrainConfig, parse_args, split_argv
+from tests.conftest import ROOT
 
 
 def write(tmp_path, text, name="cfg.py"):
@@ -71,3 +72,20 @@ def test_bare_bool_flag_before_another_flag():
 
 def test_defaults_are_valid():
     TrainConfig()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    cfg = parse_args(["--config", str(path)])
+    assert cfg.out_dir != "out" or path.name.startswith("eval")
+
+
+def test_non_finite_and_inconsistent_values_are_refused():
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
+        parse_args(["--learning_rate=nan"])
+    with pytest.raises(ConfigError, match="lr_decay_iters \\(5\\) must be >= warmup_iters"):
+        parse_args(["--lr_decay_iters=5", "--warmup_iters=10"])
+
+
+def test_bare_compile_flag_means_true():
+    assert parse_args(["--compile", "--bias"]).compile == "True"
