@@ -82,34 +82,10 @@ def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
         if threads:
             torch.set_num_threads(threads)
         run = trainer.prepare_run(cfg, common.DistInfo())
-    common.seed_everything(cfg.seed)
-    raw_model = trainer.build_model(run)
-    raw_model.recompute_blocks = cfg.activation_checkpointing
+    stepper, _, _ = trainer.build_stepper(run)
+    raw_model = stepper.raw_model
     kind = run.device.split(":")[0]
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                               (cfg.beta1, cfg.beta2), kind)
-    model = torch.compile(raw_model) if run.compile else raw_model
-    scaler = torch.amp.GradScaler(kind) if run.dtype == "float16" else None
-    ctx = common.autocast(run.device, run.dtype)
-
-    def step(i: int) -> float:
-        for micro in range(cfg.gradient_accumulation_steps):
-            x, y = run.train_sampler.get_batch(i, micro)
-            with ctx:
-                _, loss = model(x, y)
-                loss = loss / cfg.gradient_accumulation_steps
-            (scaler.scale(loss) if scaler else loss).backward()
-        if cfg.grad_clip > 0:
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()  # waits for the device, as the trainer's logging does
+    step = stepper.step  # the training loop's own step: it waits for the device, as there
 
     t0 = time.perf_counter()
     step(0)

@@ -20,6 +20,7 @@ from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
+LAST_NAME = "last.pt"
 CONFIG_NAME = "train_config.json"  # not config.json: export may write a HF one
 
 
@@ -68,6 +69,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CKPT_NAME
+
+
+def newest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The file to resume from: ckpt.pt, or last.pt when a stop wrote that later.
+
+    last.pt exists only for runs with always_save_checkpoint=False, whose ckpt.pt is the
+    best-val model: a Ctrl-C there saves the latest state beside it instead of over it.
+    """
+    found = [p for p in (Path(out_dir) / CKPT_NAME, Path(out_dir) / LAST_NAME) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 def save_run_config(out_dir: str | os.PathLike, config: dict) -> None:

@@ -41,7 +41,7 @@ def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
     return rest, debug or len(rest) != len(argv)
 
 
-def _run_guarded(body: Callable[[], int], debug: bool) -> int:
+def run_guarded(body: Callable[[], int], debug: bool) -> int:
     from nanogpt.errors import TrainingStopped, UserError
 
     import torch
@@ -84,7 +84,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
         print(TRAIN_USAGE + help_text())
         return 0
-    return _run_guarded(lambda: _train(argv), debug)
+    return run_guarded(lambda: _train(argv), debug)
 
 
 def _train(argv: list[str]) -> int:
@@ -150,7 +150,7 @@ def sample_parser() -> argparse.ArgumentParser:
 
 def sample_main(argv: list[str] | None = None) -> int:
     argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
-    return _run_guarded(lambda: _sample(argv), debug)
+    return run_guarded(lambda: _sample(argv), debug)
 
 
 def _read_prompt(start: str) -> str:
@@ -228,7 +228,7 @@ def _sample(argv: list[str]) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
-    return _run_guarded(lambda: _export(argv), debug)
+    return run_guarded(lambda: _export(argv), debug)
 
 
 def _export(argv: list[str]) -> int:

@@ -10,6 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from nanogpt.cli import run_guarded
+from nanogpt.errors import UserError
+
 
 def read_evals(path: str | Path) -> list[dict]:
     """The 'eval' records of a log.jsonl, in order; each gets 'elapsed' (seconds since the
@@ -33,8 +36,8 @@ def plot_runs(logs: list[str | Path], out: str | Path, title: str | None = None,
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("plotting needs matplotlib: pip install matplotlib "
-                         "(or pip install -e '.[plot]')") from None
+        raise UserError("plotting needs matplotlib: pip install matplotlib "
+                        "(or pip install -e '.[plot]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -42,7 +45,7 @@ def plot_runs(logs: list[str | Path], out: str | Path, title: str | None = None,
     for i, path in enumerate(logs):
         evals = read_evals(path)
         if not evals:
-            raise SystemExit(f"{path} has no eval records")
+            raise UserError(f"{path} has no eval records")
         t = [r["elapsed"] for r in evals]
         name = Path(path).parent.name or str(path)
         line, = ax.plot(t, [r["val_loss"] for r in evals], marker="o", ms=3,
@@ -69,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default=None)
     p.add_argument("--target", type=float, default=None, help="draw a horizontal target line")
     args = p.parse_args(argv)
-    plot_runs(args.logs, args.out, args.title, args.target)
-    print(f"wrote {args.out}")
-    return 0
+
+    def body() -> int:
+        for log in args.logs:
+            if not Path(log).is_file():
+                raise UserError(f"no log file at {log}")
+        plot_runs(args.logs, args.out, args.title, args.target)
+        print(f"wrote {args.out}")
+        return 0
+
+    return run_guarded(body, debug=False)
 
 
 if __name__ == "__main__":

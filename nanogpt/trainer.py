@@ -16,8 +16,10 @@ import torch
 
 from nanogpt import common
 from nanogpt.checkpoint import (
+    LAST_NAME,
     checkpoint_path,
     load_checkpoint,
+    newest_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     save_run_config,
@@ -146,6 +148,8 @@ class Run:
     train_sampler: BatchSampler
     eval_samplers: dict[str, BatchSampler]
     ckpt: dict | None = None
+    ckpt_source: Path | None = None
+    """The file ckpt was read from, when resuming."""
     started: float = field(default_factory=time.time)
     """Unix time the run was set up; log records carry `elapsed`, the seconds since then."""
     pretrained: str | None = None
@@ -154,6 +158,12 @@ class Run:
     @property
     def ckpt_path(self) -> Path:
         return checkpoint_path(self.cfg.out_dir)
+
+    @property
+    def tokens_per_iter(self) -> int:
+        cfg = self.cfg
+        return (cfg.gradient_accumulation_steps * self.dist.world_size * cfg.batch_size
+                * cfg.block_size)
 
 
 def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
@@ -177,19 +187,25 @@ def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
     train_sampler = BatchSampler(samplers["train"].path, cfg.block_size, cfg.batch_size,
                                  cfg.seed, device, samplers["train"].dtype)
     ckpt_file = checkpoint_path(cfg.out_dir)
-    ckpt = None
+    ckpt, source = None, None
     if cfg.init_from == "resume":
-        if not ckpt_file.is_file():
+        source = newest_checkpoint(cfg.out_dir)
+        if source is None:
             raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_file}; "
                             f"check --out_dir or start with --init_from=scratch")
-        ckpt = load_checkpoint(ckpt_file)
+        ckpt = load_checkpoint(source)
         _check_same_shape(ckpt, cfg, meta["vocab_size"])
+        if ckpt.get("tokenizer") != meta["tokenizer"]:
+            raise UserError(f"cannot resume: dataset {cfg.dataset!r} uses another tokenizer or "
+                            f"vocabulary than the checkpoint {source}; pass the --dataset it "
+                            f"was trained on")
         pretrained = ckpt.get("pretrained")
-    elif ckpt_file.exists() and not cfg.overwrite:
-        raise UserError(f"{ckpt_file} already exists; resume it with --init_from=resume, "
-                        f"choose another --out_dir, or pass --overwrite to replace it")
+    elif newest_checkpoint(cfg.out_dir) is not None and not cfg.overwrite:
+        raise UserError(f"{newest_checkpoint(cfg.out_dir)} already exists; resume it with "
+                        f"--init_from=resume, choose another --out_dir, or pass --overwrite "
+                        f"to replace it")
     return Run(cfg, dist, device, dtype, use_compile, meta["tokenizer"], meta["vocab_size"],
-               train_sampler, samplers, ckpt, pretrained=pretrained)
+               train_sampler, samplers, ckpt, source, pretrained=pretrained)
 
 
 def _check_gpt2_dataset(cfg: TrainConfig, meta: dict, ddir: Path) -> None:
@@ -271,19 +287,110 @@ def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
     return model
 
 
-def make_checkpoint(raw_model: GPT, optimizer, scaler, run: Run, iter_num: int,
-                    best_val_loss: float) -> dict:
-    cfg_dict = run.cfg.to_dict()
+@dataclass
+class Stepper:
+    """The model, optimizer and settings of a run: step(iter_num) is one optimizer step."""
+
+    run: Run
+    raw_model: GPT  # the plain module: what is saved and clipped
+    model: torch.nn.Module  # what runs forward: maybe compiled, maybe DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:  # compiled, not DDP-wrapped: no gradient sync
+        return self.model.module if self.run.dist.enabled else self.model
+
+    def step(self, iter_num: int) -> tuple[float, float]:
+        """Accumulate gradients over the micro-batches of iter_num, clip, update.
+
+        Returns (loss averaged over micro-batches and ranks, learning rate). A non-finite
+        loss, or gradient norm (other than an fp16 overflow the GradScaler skips), raises
+        TrainingDiverged before the weights change.
+        """
+        cfg, dist, run = self.run.cfg, self.run.dist, self.run
+        lr = get_lr(iter_num, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accum, scaler = cfg.gradient_accumulation_steps, self.scaler
+        ctx = common.autocast(run.device, run.dtype)
+        loss_sum = torch.zeros((), device=run.device)
+        for micro in range(accum):
+            global_micro = micro * dist.world_size + dist.rank
+            x, y = run.train_sampler.get_batch(iter_num, global_micro)
+            common.seed_micro_step(cfg.seed, iter_num, global_micro)
+            sync = not dist.enabled or micro == accum - 1
+            with (contextlib.nullcontext() if sync else self.model.no_sync()):
+                with ctx:
+                    _, loss = self.model(x, y)
+                    loss = loss / accum
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach()
+        if scaler:
+            scaler.unscale_(self.optimizer)
+        # with grad_clip 0 the norm is still measured (clipping at inf changes nothing)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+                                                   cfg.grad_clip or float("inf")).item()
+        lossf = _mean_over_ranks(loss_sum, dist).item()  # the same on every rank
+        if not math.isfinite(lossf) or (not math.isfinite(grad_norm) and scaler is None):
+            what = f"loss is {lossf}" if not math.isfinite(lossf) else \
+                f"gradient norm is {grad_norm}"
+            raise TrainingDiverged(f"{what} at iter {iter_num}; training stopped before the "
+                                   f"update")
+        if scaler:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lossf, lr
+
+
+def build_stepper(run: Run) -> tuple[Stepper, int, float]:
+    """Model, optimizer and GradScaler for run, restored from its checkpoint when resuming.
+
+    Returns (stepper, first iteration, best val loss so far).
+    """
+    cfg, dist = run.cfg, run.dist
+    common.seed_everything(cfg.seed)
+    raw_model = build_model(run)
+    raw_model.recompute_blocks = cfg.activation_checkpointing
+    kind = run.device.split(":")[0]
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
+                                               (cfg.beta1, cfg.beta2), kind)
+    scaler = torch.amp.GradScaler(kind) if run.dtype == "float16" else None
+    iter_num, best_val_loss = 0, float("inf")
+    if run.ckpt is not None:
+        optimizer.load_state_dict(run.ckpt["optimizer"])
+        if scaler is not None and run.ckpt.get("scaler"):
+            scaler.load_state_dict(run.ckpt["scaler"])
+        iter_num, best_val_loss = run.ckpt["iter_num"], run.ckpt["best_val_loss"]
+        common.set_rng_state(run.ckpt["rng"])
+        run.started -= run.ckpt.get("elapsed", 0.0)  # elapsed counts on across resumes
+        run.ckpt = None  # free the memory
+    model: torch.nn.Module = raw_model
+    if run.compile:
+        log.info("compiling the model with torch.compile")
+        model = torch.compile(model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[run.device] if run.device.startswith("cuda") else None)
+    return Stepper(run, raw_model, model, optimizer, scaler), iter_num, best_val_loss
+
+
+def make_checkpoint(stepper: Stepper, iter_num: int, best_val_loss: float) -> dict:
+    run, raw_model = stepper.run, stepper.raw_model
     return {
         "model": raw_model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "optimizer": stepper.optimizer.state_dict(),
+        "scaler": stepper.scaler.state_dict() if stepper.scaler is not None else None,
         "model_args": {k: getattr(raw_model.config, k) for k in GPTConfig.__dataclass_fields__},
-        "config": cfg_dict,
+        "config": run.cfg.to_dict(),
         "tokenizer": run.tokenizer_meta,
         "pretrained": run.pretrained,
         "iter_num": iter_num,
         "best_val_loss": best_val_loss,
+        "elapsed": time.time() - run.started,
         "rng": common.get_rng_state(),
     }
 
@@ -301,71 +408,49 @@ def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
     run = prepare_run(cfg, dist)
     log.info("config:\n%s\n  (resolved: device=%s dtype=%s compile=%s world_size=%d)",
              format_config(cfg), run.device, run.dtype, run.compile, dist.world_size)
-    tokens_per_iter = cfg.gradient_accumulation_steps * dist.world_size * cfg.batch_size \
-        * cfg.block_size
     log.info("tokens per iteration: %d (batch_size %d x block_size %d x grad accum %d x "
-             "world size %d)", tokens_per_iter, cfg.batch_size, cfg.block_size,
+             "world size %d)", run.tokens_per_iter, cfg.batch_size, cfg.block_size,
              cfg.gradient_accumulation_steps, dist.world_size)
-
-    common.seed_everything(cfg.seed)
-    raw_model = build_model(run)
-    raw_model.recompute_blocks = cfg.activation_checkpointing
-    log.info("number of parameters: %.2fM", raw_model.get_num_params() / 1e6)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                               (cfg.beta1, cfg.beta2), run.device.split(":")[0])
-    scaler = torch.amp.GradScaler(run.device.split(":")[0]) if run.dtype == "float16" else None
-    iter_num, best_val_loss = 0, float("inf")
-    if run.ckpt is not None:
-        optimizer.load_state_dict(run.ckpt["optimizer"])
-        if scaler is not None and run.ckpt.get("scaler"):
-            scaler.load_state_dict(run.ckpt["scaler"])
-        iter_num, best_val_loss = run.ckpt["iter_num"], run.ckpt["best_val_loss"]
-        common.set_rng_state(run.ckpt["rng"])
-        log.info("resuming from %s at iteration %d", run.ckpt_path, iter_num)
-        run.ckpt = None  # free the memory
-
-    model: torch.nn.Module = raw_model
-    if run.compile:
-        log.info("compiling the model with torch.compile")
-        model = torch.compile(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[run.device] if run.device.startswith("cuda") else None)
-
+    resumed_from = run.ckpt_source
+    stepper, iter_num, best_val_loss = build_stepper(run)
+    log.info("number of parameters: %.2fM", stepper.raw_model.get_num_params() / 1e6)
     if dist.is_master:
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.pt.tmp-*"):  # left by a save that was killed
+            stale.unlink(missing_ok=True)
+        if cfg.init_from != "resume":
+            (out / LAST_NAME).unlink(missing_ok=True)  # an older run's; --overwrite was given
         save_run_config(cfg.out_dir, cfg.to_dict())
     jlog = JsonlLog(Path(cfg.out_dir) / "log.jsonl" if dist.is_master else None,
                     append=cfg.init_from == "resume")
+    if resumed_from is not None:
+        log.info("resuming from %s at iteration %d", resumed_from, iter_num)
+        jlog.write(event="resume", iter=iter_num, checkpoint=str(resumed_from))
     try:
         with GracefulStop() as stop:
-            return _loop(run, model, raw_model, optimizer, scaler, iter_num, best_val_loss,
-                         tokens_per_iter, jlog, stop)
+            return _loop(stepper, iter_num, best_val_loss, jlog, stop)
     finally:
         jlog.close()
 
 
-def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
-          best_val_loss: float, tokens_per_iter: int, jlog: JsonlLog, stop: GracefulStop
-          ) -> TrainResult:
+def _loop(stepper: Stepper, iter_num: int, best_val_loss: float, jlog: JsonlLog,
+          stop: GracefulStop) -> TrainResult:
+    run = stepper.run
     cfg, dist = run.cfg, run.dist
-    ctx = common.autocast(run.device, run.dtype)
-    accum = cfg.gradient_accumulation_steps
     peak = common.peak_flops(run.device, run.dtype)
     losses: dict[str, float] = {}
     last_good = "none yet"
-    eval_model = model.module if dist.enabled else model  # compiled, not DDP-wrapped
 
-    def save(reason: str) -> None:
+    def save(path: Path, reason: str) -> None:
         nonlocal last_good
         if not dist.is_master:
             return
-        if not all_finite(raw_model):
+        if not all_finite(stepper.raw_model):
             raise TrainingDiverged(f"refusing to save non-finite weights at iter {iter_num}")
-        save_checkpoint(run.ckpt_path, make_checkpoint(raw_model, optimizer, scaler, run,
-                                                       iter_num, best_val_loss))
-        last_good = f"{run.ckpt_path} (iter {iter_num})"
-        jlog.write(event="checkpoint", iter=iter_num, reason=reason)
+        save_checkpoint(path, make_checkpoint(stepper, iter_num, best_val_loss))
+        last_good = f"{path} (iter {iter_num})"
+        jlog.write(event="checkpoint", iter=iter_num, reason=reason, path=str(path))
 
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not dist.is_master or None,
@@ -374,7 +459,8 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
         t_last = time.perf_counter()
         while True:
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-                losses = estimate_loss(eval_model, run.eval_samplers, cfg.eval_iters, ctx, dist)
+                losses = estimate_loss(stepper.eval_model, run.eval_samplers, cfg.eval_iters,
+                                       common.autocast(run.device, run.dtype), dist)
                 log.info("step %d: train loss %.4f, val loss %.4f", iter_num, losses["train"],
                          losses["val"])
                 jlog.write(event="eval", iter=iter_num, train_loss=losses["train"],
@@ -384,56 +470,27 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0 and (improved or cfg.always_save_checkpoint) \
                         and not cfg.eval_only:
-                    save("eval")
+                    save(run.ckpt_path, "eval")
                 t_last = time.perf_counter()  # do not count eval time in the step time
             if iter_num >= cfg.max_iters or cfg.eval_only:
                 break
 
-            lr = get_lr(iter_num, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=run.device)
-            for micro in range(accum):
-                global_micro = micro * dist.world_size + dist.rank
-                x, y = run.train_sampler.get_batch(iter_num, global_micro)
-                common.seed_micro_step(cfg.seed, iter_num, global_micro)
-                sync = not dist.enabled or micro == accum - 1
-                with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with ctx:
-                        _, loss = model(x, y)
-                        loss = loss / accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += loss.detach()
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            lossf = _mean_over_ranks(loss_sum, dist).item()  # the same on every rank
-            bad_grad = grad_norm is not None and not math.isfinite(grad_norm.item())
-            if not math.isfinite(lossf) or (bad_grad and scaler is None):
-                what = f"loss is {lossf}" if not math.isfinite(lossf) else \
-                    f"gradient norm is {grad_norm.item()}"
-                raise TrainingDiverged(f"{what} at iter {iter_num}; training stopped before "
-                                       f"the update; last good checkpoint: {last_good}")
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            try:
+                lossf, lr = stepper.step(iter_num)
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e}; last good checkpoint: {last_good}") from None
             iter_num += 1
 
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             bar.update(1)
             if iter_num % cfg.log_interval == 0 and dist.is_master:
-                tok_s = tokens_per_iter / dt
+                tok_s = run.tokens_per_iter / dt
                 record = dict(event="train", iter=iter_num - 1, loss=lossf, lr=lr,
                               ms=dt * 1000, tok_per_s=tok_s,
                               elapsed=time.time() - run.started)
                 if peak:
-                    record["mfu"] = raw_model.flops_per_token() * tok_s / peak
+                    record["mfu"] = stepper.raw_model.flops_per_token() * tok_s / peak
                 jlog.write(**record)
                 bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                                 refresh=False)
@@ -441,15 +498,24 @@ def _loop(run: Run, model, raw_model: GPT, optimizer, scaler, iter_num: int,
                     log.info("iter %d: loss %.4f, lr %.2e, %.1f ms, %.0f tok/s", iter_num - 1,
                              lossf, lr, dt * 1000, tok_s)
             if _should_stop(stop, dist, run.device):
-                save("signal")
-                name = signal.Signals(stop.signum or signal.SIGTERM).name
-                where = f"checkpoint saved to {run.ckpt_path} at iter {iter_num}"
-                raise TrainingStopped(f"stopped by {name}: {where}; resume with the same "
-                                      f"command plus --init_from=resume",
-                                      128 + (stop.signum or signal.SIGTERM))
+                raise _stop_and_save(stop, run, save, iter_num)
     finally:
         bar.close()
     return TrainResult(iter_num, best_val_loss, cfg.out_dir, losses)
+
+
+def _stop_and_save(stop: GracefulStop, run: Run, save, iter_num: int) -> TrainingStopped:
+    """Save where the signal stopped us; return the exception that ends the run.
+
+    With always_save_checkpoint=False, ckpt.pt is the best-val model and must stay so: the
+    stopped state goes to last.pt, which --init_from=resume takes when it is the newer file.
+    """
+    path = run.ckpt_path if run.cfg.always_save_checkpoint else run.ckpt_path.with_name(LAST_NAME)
+    save(path, "signal")
+    signum = stop.signum or signal.SIGTERM
+    return TrainingStopped(f"stopped by {signal.Signals(signum).name}: checkpoint saved to "
+                           f"{path} at iter {iter_num}; resume with the same command plus "
+                           f"--init_from=resume", 128 + signum)
 
 
 def _mean_over_ranks(value: torch.Tensor, dist: common.DistInfo) -> torch.Tensor:

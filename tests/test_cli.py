@@ -10,6 +10,7 @@ import torch
 
 from nanogpt.cli import sample_main, train_main
 from nanogpt.config import parse_args
+from nanogpt.data import CharTokenizer, write_dataset
 from nanogpt.trainer import train
 from tests.conftest import tiny_args
 
@@ -25,13 +26,14 @@ def snapshot(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
 
 
-def bad_vocab_dataset(data_dir):
-    """A dataset whose train.bin is missing."""
+def make_odd_datasets(data_dir):
+    """half_prepared: train.bin missing. other_chars: 65 characters, not Shakespeare's."""
     ds = data_dir / "half_prepared"
     ds.mkdir(exist_ok=True)
     (ds / "meta.json").write_text(json.dumps({"vocab_size": 65, "tokenizer": {"kind": "char",
                                                                               "chars": []}}))
-    return ds
+    text = "".join(chr(0x100 + i % 65) for i in range(5000))
+    write_dataset(data_dir / "other_chars", text, CharTokenizer.from_text(text))
 
 
 TRAIN_CASES = {
@@ -52,6 +54,9 @@ TRAIN_CASES = {
     "scratch over a checkpoint": ([], "already exists; resume it with --init_from=resume"),
     "resume with another shape": (["--n_layer=3", "--init_from=resume"],
                                   "n_layer=3 (checkpoint has 2)"),
+    "resume on another dataset": (["--dataset=other_chars", "--init_from=resume"],
+                                  "uses another tokenizer or vocabulary than the checkpoint"),
+    "non-finite value": (["--learning_rate=inf"], "learning_rate must be a finite number"),
 }
 
 
@@ -60,7 +65,7 @@ def test_train_mistakes(case, trained, data_dir, tmp_path, capsys):
     args, message = TRAIN_CASES[case]
     if case == "cuda without cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    bad_vocab_dataset(data_dir)
+    make_odd_datasets(data_dir)
     empty = tmp_path / "empty"
     empty.mkdir()
     args = [a.replace("{empty}", str(empty)) for a in args]
@@ -110,9 +115,12 @@ def test_sample_mistakes(case, trained, tmp_path, capsys):
     assert snapshot(trained) == before
 
 
-def test_debug_flag_shows_the_traceback(tmp_path):
+def test_debug_flag_or_env_shows_the_traceback(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="config file not found"):
         train_main(["--debug", "--config", str(tmp_path / "missing.py")])
+    monkeypatch.setenv("NANOGPT_DEBUG", "1")
+    with pytest.raises(Exception, match="config file not found"):
+        train_main(["--config", str(tmp_path / "missing.py")])
 
 
 def test_overwrite_flag_replaces_an_existing_run(trained, data_dir, tmp_path):
@@ -141,3 +149,19 @@ def test_resume_needs_only_the_out_dir(trained, tmp_path):
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["iter_num"] == 6 and ckpt["config"]["n_embd"] == 32
     assert ckpt["config"]["max_iters"] == 6
+
+
+def test_eval_only_does_not_stick_to_later_resumes(trained, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    assert train_main(["--init_from=resume", f"--out_dir={out}", "--eval_only"]) == 0
+    assert train_main(["--init_from=resume", f"--out_dir={out}", "--max_iters=6"]) == 0
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 6
+
+
+def test_prompt_from_a_file(trained, tmp_path, capsys):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("JULIET:\nO Romeo")
+    assert sample_main(["--out_dir", str(trained), f"--start=FILE:{prompt}", "--num_samples=1",
+                        "--max_new_tokens=5"]) == 0
+    assert capsys.readouterr().out.startswith("JULIET:\nO Romeo")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 from fractions import Fraction
 
 import pytest
@@ -15,7 +16,7 @@ from nanogpt.checkpoint import (
     save_checkpoint,
 )
 from nanogpt.config import TrainConfig, parse_args
-from nanogpt.errors import UserError
+from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.model import GPT
 from nanogpt.trainer import TrainingDiverged, get_lr, train
 from tests.conftest import tiny_args
@@ -152,3 +153,73 @@ def test_every_checkpoint_field_loads_with_weights_only(data_dir, tmp_path):
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert {"model", "optimizer", "model_args", "config", "tokenizer", "iter_num",
             "best_val_loss", "rng"} <= set(ckpt)
+
+
+def _poison_step(monkeypatch, at_call: int, action):
+    """Run action(model) inside the at_call-th training forward."""
+    calls = {"n": 0}
+    real_forward = GPT.forward
+
+    def forward(self, idx, targets=None, **kw):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                action(self)
+        return real_forward(self, idx, targets, **kw)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def test_non_finite_gradient_stops_training_even_without_clipping(data_dir, tmp_path,
+                                                                  monkeypatch):
+    out = tmp_path / "out"
+    _poison_step(monkeypatch, 8, lambda m: m.lm_head.weight.register_hook(
+        lambda g: g * float("inf")))
+    with pytest.raises(TrainingDiverged, match="gradient norm is (inf|nan) at iter 7"):
+        train(parse_args(tiny_args(data_dir, out, max_iters=20, eval_interval=5, grad_clip=0)))
+    assert load_checkpoint(out / "ckpt.pt")["iter_num"] == 5
+
+
+@pytest.mark.parametrize("always_save", [True, False])
+def test_sigterm_saves_without_replacing_the_best_checkpoint(data_dir, tmp_path, monkeypatch,
+                                                             always_save):
+    out = tmp_path / "out"
+    _poison_step(monkeypatch, 13, lambda m: os.kill(os.getpid(), signal.SIGTERM))
+    args = tiny_args(data_dir, out, max_iters=30, eval_interval=10,
+                     always_save_checkpoint=always_save)
+    with pytest.raises(TrainingStopped) as e:
+        train(parse_args(args))
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    stopped = "ckpt.pt" if always_save else "last.pt"
+    assert f"checkpoint saved to {out / stopped} at iter 13" in str(e.value)
+    assert load_checkpoint(out / stopped)["iter_num"] == 13
+    assert load_checkpoint(out / "ckpt.pt")["iter_num"] == (13 if always_save else 10)
+    monkeypatch.undo()
+    result = train(parse_args(args + ["--init_from=resume"]))  # takes the newer file
+    assert result.iter_num == 30
+    resumes = read_log(out, "resume")
+    assert resumes == [{"event": "resume", "iter": 13, "checkpoint": str(out / stopped)}]
+
+
+def test_second_ctrl_c_aborts_at_once(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+
+    def two_interrupts(model):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    _poison_step(monkeypatch, 3, two_interrupts)
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_args(tiny_args(data_dir, out, max_iters=30, eval_interval=10)))
+    assert not (out / "ckpt.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_eval_only_evaluates_and_changes_no_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=10, eval_interval=10)))
+    before = (out / "ckpt.pt").read_bytes()
+    result = train(parse_args(tiny_args(data_dir, out, init_from="resume", eval_only=True)))
+    assert result.iter_num == 10 and set(result.losses) == {"train", "val"}
+    assert (out / "ckpt.pt").read_bytes() == before
+    assert read_log(out, "eval")[-1]["iter"] == 10
