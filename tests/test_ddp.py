@@ -133,7 +133,7 @@ def test_sigterm_stops_every_rank_then_resume_continues_exactly(ddp_run, tmp_pat
     assert "Unable to shutdown process" not in r.stderr  # no rank needed SIGKILL
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 4
     assert events(out, "checkpoint")[-1] == {"event": "checkpoint", "iter": 4,
-                                             "reason": "signal"}
+                                             "reason": "signal", "path": str(out / "ckpt.pt")}
 
     r = torchrun(tiny_args(data_dir, out, gradient_accumulation_steps=2, init_from="resume",
                            **SETTINGS))
