@@ -17,6 +17,7 @@ import torch
 
 from nanogpt.data import tokenizer_from_dict
 from nanogpt.errors import UserError
+from nanogpt.fileio import atomic_write
 from nanogpt.model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -29,23 +30,8 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write payload to path atomically: tmp file, flush, fsync, rename, fsync the dir."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write payload to path so that a crash leaves the old or the new checkpoint."""
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -83,10 +69,8 @@ def newest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 def save_run_config(out_dir: str | os.PathLike, config: dict) -> None:
     """out_dir/train_config.json: the run's resolved TrainConfig, readable without torch."""
-    path = Path(out_dir) / CONFIG_NAME
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(config, indent=1).encode("utf-8")
+    atomic_write(Path(out_dir) / CONFIG_NAME, lambda f: f.write(text))
 
 
 def saved_run_config(out_dir: str | os.PathLike) -> dict | None:

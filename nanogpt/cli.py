@@ -42,9 +42,9 @@ def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def run_guarded(body: Callable[[], int], debug: bool) -> int:
-    from nanogpt.errors import TrainingStopped, UserError
-
     import torch
+
+    from nanogpt.errors import TrainingStopped, UserError
 
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank ends the same way

@@ -95,13 +95,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def mix_seed(*numbers: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps), so nearby inputs differ."""
+    h = 0x9E3779B97F4A7C15
+    for n in numbers:
+        h = (h ^ (n & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return h >> 1
+
+
 def seed_micro_step(seed: int, step: int, micro_step: int) -> None:
     """Seed torch's RNG (dropout) from the run seed and the global micro-step alone.
 
     Nothing random then depends on which rank runs a micro-step or on RNG state carried
     between steps: a resume, and the same run on any number of ranks, draw the same masks.
     """
-    torch.manual_seed(hash((seed, step, micro_step)) & 0x7FFF_FFFF_FFFF_FFFF)
+    torch.manual_seed(mix_seed(seed, step, micro_step))
 
 
 def get_rng_state() -> dict:

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanogpt.common import mix_seed
 from nanogpt.errors import UserError
+from nanogpt.fileio import atomic_write
 
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
@@ -128,7 +130,7 @@ def write_dataset(out_dir: str | os.PathLike, text: str, tokenizer, val_fraction
     counts = {}
     for name, part in (("train", text[:split]), ("val", text[split:])):
         ids = np.array(tokenizer.encode(part), dtype=dtype)
-        _atomic_write_bytes(out / f"{name}.bin", ids.tobytes())
+        atomic_write(out / f"{name}.bin", lambda f: f.write(ids.tobytes()))
         counts[name] = int(ids.size)
     return write_meta(out, tokenizer, counts["train"], counts["val"])
 
@@ -138,8 +140,8 @@ def write_meta(out_dir: str | os.PathLike, tokenizer, train_tokens: int, val_tok
     meta = {"vocab_size": tokenizer.vocab_size, "dtype": token_dtype(tokenizer.vocab_size).name,
             "tokenizer": tokenizer.to_dict(), "train_tokens": train_tokens,
             "val_tokens": val_tokens}
-    _atomic_write_bytes(Path(out_dir) / "meta.json",
-                        json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    text = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    atomic_write(Path(out_dir) / "meta.json", lambda f: f.write(text))
     return meta
 
 
@@ -160,12 +162,6 @@ def write_tokens_streaming(path: str | os.PathLike, chunks: Iterable[np.ndarray]
         raise ValueError(f"{written} tokens written to {path}, {total} announced")
     arr.flush()
     del arr
-    os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -309,7 +305,7 @@ class BatchSampler:
                             f"({n} tokens); use --block_size={max(1, n - 2)} or less")
 
     def offsets(self, step: int, micro_step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(_mix(self.seed, step, micro_step))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, step, micro_step))
         return torch.randint(self.num_windows, (self.batch_size,), generator=g)
 
     def get_batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,15 +321,6 @@ class BatchSampler:
         elif self.device != "cpu":
             x, y = x.to(self.device), y.to(self.device)
         return x, y
-
-
-def _mix(*numbers: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps), so nearby inputs differ."""
-    h = 0x9E3779B97F4A7C15
-    for n in numbers:
-        h = (h ^ (n & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return h >> 1
 
 
 def get_batch(path: str, block_size: int, batch_size: int, seed: int, step: int = 0,

@@ -19,8 +19,8 @@ from nanogpt.checkpoint import (
     LAST_NAME,
     checkpoint_path,
     load_checkpoint,
-    newest_checkpoint,
     model_from_checkpoint,
+    newest_checkpoint,
     save_checkpoint,
     save_run_config,
 )
@@ -490,7 +490,7 @@ def _loop(stepper: Stepper, iter_num: int, best_val_loss: float, jlog: JsonlLog,
                               ms=dt * 1000, tok_per_s=tok_s,
                               elapsed=time.time() - run.started)
                 if peak:
-                    record["mfu"] = stepper.raw_model.flops_per_token() * tok_s / peak
+                    record["mfu"] = stepper.raw_model.estimate_mfu(run.tokens_per_iter, dt, peak)
                 jlog.write(**record)
                 bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                                 refresh=False)
