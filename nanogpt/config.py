@@ -291,5 +291,6 @@ def format_config(cfg: TrainConfig) -> str:
 
 
 def help_text() -> str:
-    rows = [f"  --{f.name}={f.default!r}  {f.metadata.get('help', '')}" for f in fields(TrainConfig)]
+    rows = [f"  --{f.name}={f.default!r}  {f.metadata.get('help', '')}"
+            for f in fields(TrainConfig)]
     return "\n".join(rows)
