@@ -45,6 +45,9 @@ class TrainConfig:
     data_dir: str = _f("data", "Where dataset directories live.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     batch_size: int = _f(12, "Sequences per micro-batch.")
+    batch_split: int = _f(0, "Run each micro-batch as this many equal chunks: the same "
+                          "gradient, a fraction of the activation memory. 0: auto (on a "
+                          "CPU, chunks of at most 2048 tokens; elsewhere 1).")
     block_size: int = _f(1024, "Context length in tokens.")
     # model
     n_layer: int = _f(12, "Transformer blocks.")
@@ -54,6 +57,8 @@ class TrainConfig:
     bias: bool = _f(False, "Biases in Linear and LayerNorm layers.")
     vocab_size: typing.Optional[int] = _f(None, "Vocabulary size; None takes the dataset's.")
     attention: str = _f("auto", "'auto', 'flash' (scaled_dot_product_attention) or 'manual'.")
+    fast_dropout: bool = _f(True, "On a CPU, cheap 16-bit dropout masks kept as bool "
+                            "(nanogpt.dropout); False: torch's dropout.")
     # optimizer
     learning_rate: float = _f(6e-4, "Peak learning rate.")
     max_iters: int = _f(600000, "Total optimizer steps.")
@@ -95,9 +100,12 @@ def validate(cfg: TrainConfig) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "num_threads"):
+    for key in ("max_iters", "warmup_iters", "num_threads", "batch_split"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.batch_split and cfg.batch_size % cfg.batch_split:
+        raise ConfigError(f"batch_split ({cfg.batch_split}) must divide batch_size "
+                          f"({cfg.batch_size}); or 0 to choose automatically")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}); "
                           f"try n_embd={cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))}")

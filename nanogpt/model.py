@@ -16,6 +16,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nanogpt.dropout import Dropout
+
 ATTENTION_IMPLS = ("auto", "flash", "manual")
 
 
@@ -35,6 +37,8 @@ class GPTConfig:
     """'flash' (scaled_dot_product_attention), 'manual' (masked softmax) or 'auto' (fastest)."""
     gelu_approximate: str = "none"
     """MLP activation: 'none' (exact erf GELU) or 'tanh' (OpenAI GPT-2's approximation)."""
+    fast_dropout: bool = True
+    """On the CPU, draw dropout masks 16 bits at a time (nanogpt.dropout); False: torch's."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -69,14 +73,17 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = Dropout(config.dropout, config.fast_dropout)
+        self.resid_dropout = Dropout(config.dropout, config.fast_dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         # 'auto' takes the fused kernel: on every device we tried it is faster and never
         # materialises the T x T attention matrix; 'manual' stays for reading and checking.
+        # One exception: with dropout on a CPU the fused kernel is not used anyway, and
+        # SDPA's fallback draws torch's slow masks, so 'auto' trains through the manual path.
         self.use_flash = config.attention in ("auto", "flash")
+        self.manual_when_dropout_on_cpu = config.attention == "auto" and config.fast_dropout
 
     def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -98,17 +105,20 @@ class CausalSelfAttention(nn.Module):
         """
         Tq, Tk = q.size(-2), k.size(-2)
         dropout_p = self.dropout if self.training else 0.0
-        if self.use_flash:
+        manual = not self.use_flash or (dropout_p > 0 and self.manual_when_dropout_on_cpu
+                                        and q.device.type == "cpu")
+        if not manual:
             if Tq == Tk:
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
             if Tq == 1:  # one new token sees every cached key: no mask needed
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             mask = _causal_mask(Tq, Tk, q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        att = att.masked_fill(~_causal_mask(Tq, Tk, q.device), float("-inf"))
+        # scores + causal bias in one call (B*H, Tq, Tk): q k^T / sqrt(D), -inf above the diagonal
+        att = torch.baddbmm(_causal_bias(Tq, Tk, q), q.flatten(0, 1),
+                            k.flatten(0, 1).transpose(1, 2), alpha=1.0 / math.sqrt(k.size(-1)))
         att = self.attn_dropout(F.softmax(att, dim=-1))
-        return att @ v
+        return (att @ v.flatten(0, 1)).view_as(q)
 
 
 def _torch_at_least(major: int, minor: int) -> bool:
@@ -119,6 +129,12 @@ def _torch_at_least(major: int, minor: int) -> bool:
 def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
     """(Tq, Tk) bool mask, True where query i (at absolute position Tk - Tq + i) may look."""
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+
+
+def _causal_bias(Tq: int, Tk: int, like: torch.Tensor) -> torch.Tensor:
+    """(Tq, Tk) additive mask in like's dtype: 0 where _causal_mask allows, -inf elsewhere."""
+    bias = torch.zeros(Tq, Tk, dtype=like.dtype, device=like.device)
+    return bias.masked_fill_(~_causal_mask(Tq, Tk, like.device), float("-inf"))
 
 
 class KVCache(nn.Module):
@@ -158,7 +174,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -184,7 +200,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=Dropout(config.dropout, config.fast_dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
@@ -192,10 +208,9 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
         # Activation checkpointing (TrainConfig.activation_checkpointing): keep only each
-        # block's input and rerun the block in backward, with the same dropout masks. On a CPU
-        # with dropout, SDPA takes its math path and keeps (B, H, T, T) tensors per layer:
-        # the baby GPT at batch 64 needs ~6 GB without this, ~2.4 GB with it, for ~1.25x
-        # the step time.
+        # block's input and rerun the block in backward, with the same dropout masks: much
+        # less activation memory for up to 1.3x the step time. On a CPU the trainer's
+        # batch_split is the cheaper way to bound memory; this is for when one chunk is too big.
         self.recompute_blocks = False
         # GPT-2: residual projections scaled down so the residual stream does not grow with depth
         for name, p in self.named_parameters():
@@ -251,7 +266,8 @@ class GPT(nn.Module):
         return logits, loss
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, dropout: float | None = None) -> "GPT":
+    def from_pretrained(cls, name_or_path: str, dropout: float | None = None,
+                        **runtime: object) -> "GPT":
         """OpenAI GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' (downloaded
         with the `hf` extra) or a local Hugging Face GPT-2 directory. See nanogpt.pretrained.
         """
@@ -259,7 +275,7 @@ class GPT(nn.Module):
             from_pretrained,  # pretrained imports model: import late
         )
 
-        return from_pretrained(name_or_path, dropout=dropout)
+        return from_pretrained(name_or_path, dropout=dropout, **runtime)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context length (e.g. to finetune GPT-2 at 256 instead of 1024)."""

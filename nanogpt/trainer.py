@@ -37,6 +37,10 @@ from nanogpt.model import GPT, GPTConfig
 log = logging.getLogger("nanogpt")
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+# batch_split=0 on a CPU: chunks of at most this many tokens. On the baby GPT (batch 64 x block
+# 256, 2 cores) 8 chunks of 2048 tokens made a step 1.4x faster than one chunk (less memory
+# traffic) and cut the peak RSS from 5.3 GB to 1.4 GB; 4 chunks: as fast, 2.3 GB.
+CPU_CHUNK_TOKENS = 2048
 
 
 class TrainingDiverged(UserError):
@@ -57,15 +61,29 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
+def resolve_batch_split(cfg: TrainConfig, device: str) -> int:
+    """cfg.batch_split, or for 0: on a CPU the fewest equal chunks of <= CPU_CHUNK_TOKENS."""
+    if cfg.batch_split:
+        return cfg.batch_split
+    if not device.startswith("cpu"):
+        return 1
+    for chunks in range(1, cfg.batch_size + 1):
+        if cfg.batch_size % chunks == 0 and \
+                cfg.batch_size // chunks * cfg.block_size <= CPU_CHUNK_TOKENS:
+            return chunks
+    return cfg.batch_size
+
+
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
-                  ctx, dist: common.DistInfo) -> dict[str, float]:
+                  ctx, dist: common.DistInfo, batch_split: int = 1) -> dict[str, float]:
     """Mean loss over eval_iters fixed batches per split, shared out among the ranks.
 
     Eval batches come from their own seeded stream: they never move the training stream or
     the global RNG, and every eval sees the same batches, so evals compare like with like.
     Rank r takes batches r, r + world_size, ...: any world size averages the same batches.
-    Pass the unwrapped model: evaluation needs no gradient sync.
+    Pass the unwrapped model: evaluation needs no gradient sync. Each batch runs as
+    batch_split equal chunks (see TrainConfig.batch_split).
     """
     was_training = model.training
     model.eval()
@@ -74,9 +92,10 @@ def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eva
         total = torch.zeros((), device=sampler.device)
         for k in range(dist.rank, eval_iters, dist.world_size):
             x, y = sampler.get_batch(k)
-            with ctx:
-                _, loss = model(x, y)
-            total += loss.float()
+            for xc, yc in zip(x.chunk(batch_split), y.chunk(batch_split)):
+                with ctx:
+                    _, loss = model(xc, yc)
+                total += loss.float() / batch_split
         if dist.enabled:
             torch.distributed.all_reduce(total)  # SUM: gloo has no AVG
         out[split] = (total / eval_iters).item()
@@ -154,6 +173,8 @@ class Run:
     """Unix time the run was set up; log records carry `elapsed`, the seconds since then."""
     pretrained: str | None = None
     """The GPT-2 name or directory the weights started from (kept across resumes)."""
+    batch_split: int = 1
+    """Equal chunks each micro-batch runs as (cfg.batch_split resolved for the device)."""
 
     @property
     def ckpt_path(self) -> Path:
@@ -205,7 +226,8 @@ def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
                         f"--init_from=resume, choose another --out_dir, or pass --overwrite "
                         f"to replace it")
     return Run(cfg, dist, device, dtype, use_compile, meta["tokenizer"], meta["vocab_size"],
-               train_sampler, samplers, ckpt, source, pretrained=pretrained)
+               train_sampler, samplers, ckpt, source, pretrained=pretrained,
+               batch_split=resolve_batch_split(cfg, device))
 
 
 def _check_gpt2_dataset(cfg: TrainConfig, meta: dict, ddir: Path) -> None:
@@ -259,20 +281,23 @@ def _check_same_shape(ckpt: dict, cfg: TrainConfig, vocab_size: int) -> None:
 def build_model(run: Run) -> GPT:
     cfg = run.cfg
     if run.ckpt is not None:
-        model = model_from_checkpoint(run.ckpt, dropout=cfg.dropout, attention=cfg.attention)
+        model = model_from_checkpoint(run.ckpt, dropout=cfg.dropout, attention=cfg.attention,
+                                      fast_dropout=cfg.fast_dropout)
     elif run.pretrained is not None:
         model = pretrained_model(run.pretrained, cfg)
     else:
         model = GPT(GPTConfig(block_size=cfg.block_size,
                               vocab_size=cfg.vocab_size or run.vocab_size,
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                              dropout=cfg.dropout, bias=cfg.bias, attention=cfg.attention))
+                              dropout=cfg.dropout, bias=cfg.bias, attention=cfg.attention,
+                              fast_dropout=cfg.fast_dropout))
     return model.to(run.device)
 
 
 def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
     """GPT-2 weights with cfg's dropout, cropped to cfg.block_size; other shape keys ignored."""
-    model = GPT.from_pretrained(name_or_path, dropout=cfg.dropout)
+    model = GPT.from_pretrained(name_or_path, dropout=cfg.dropout, attention=cfg.attention,
+                                fast_dropout=cfg.fast_dropout)
     mc = model.config
     if mc.vocab_size != GPT2Tokenizer.vocab_size:
         raise UserError(f"{name_or_path} has vocab_size {mc.vocab_size}, not GPT-2's "
@@ -304,6 +329,7 @@ class Stepper:
     def step(self, iter_num: int) -> tuple[float, float]:
         """Accumulate gradients over the micro-batches of iter_num, clip, update.
 
+        Each micro-batch runs as run.batch_split equal chunks; the gradient is the same.
         Returns (loss averaged over micro-batches and ranks, learning rate). A non-finite
         loss, or gradient norm (other than an fp16 overflow the GradScaler skips), raises
         TrainingDiverged before the weights change.
@@ -312,20 +338,21 @@ class Stepper:
         lr = get_lr(iter_num, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        accum, scaler = cfg.gradient_accumulation_steps, self.scaler
+        accum, split, scaler = cfg.gradient_accumulation_steps, run.batch_split, self.scaler
         ctx = common.autocast(run.device, run.dtype)
         loss_sum = torch.zeros((), device=run.device)
         for micro in range(accum):
             global_micro = micro * dist.world_size + dist.rank
             x, y = run.train_sampler.get_batch(iter_num, global_micro)
             common.seed_micro_step(cfg.seed, iter_num, global_micro)
-            sync = not dist.enabled or micro == accum - 1
-            with (contextlib.nullcontext() if sync else self.model.no_sync()):
-                with ctx:
-                    _, loss = self.model(x, y)
-                    loss = loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach()
+            for chunk, (xc, yc) in enumerate(zip(x.chunk(split), y.chunk(split))):
+                sync = not dist.enabled or (micro == accum - 1 and chunk == split - 1)
+                with (contextlib.nullcontext() if sync else self.model.no_sync()):
+                    with ctx:
+                        _, loss = self.model(xc, yc)
+                        loss = loss / (accum * split)
+                    (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.detach()
         if scaler:
             scaler.unscale_(self.optimizer)
         # with grad_clip 0 the norm is still measured (clipping at inf changes nothing)
@@ -411,6 +438,9 @@ def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
     log.info("tokens per iteration: %d (batch_size %d x block_size %d x grad accum %d x "
              "world size %d)", run.tokens_per_iter, cfg.batch_size, cfg.block_size,
              cfg.gradient_accumulation_steps, dist.world_size)
+    if run.batch_split > 1:
+        log.info("each batch runs as %d chunks of %d sequences (batch_split; same gradient, "
+                 "less memory)", run.batch_split, cfg.batch_size // run.batch_split)
     resumed_from = run.ckpt_source
     stepper, iter_num, best_val_loss = build_stepper(run)
     log.info("number of parameters: %.2fM", stepper.raw_model.get_num_params() / 1e6)
@@ -460,7 +490,8 @@ def _loop(stepper: Stepper, iter_num: int, best_val_loss: float, jlog: JsonlLog,
         while True:
             if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
                 losses = estimate_loss(stepper.eval_model, run.eval_samplers, cfg.eval_iters,
-                                       common.autocast(run.device, run.dtype), dist)
+                                       common.autocast(run.device, run.dtype), dist,
+                                       run.batch_split)
                 log.info("step %d: train loss %.4f, val loss %.4f", iter_num, losses["train"],
                          losses["val"])
                 jlog.write(event="eval", iter=iter_num, train_loss=losses["train"],

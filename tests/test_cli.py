@@ -57,6 +57,7 @@ TRAIN_CASES = {
     "resume on another dataset": (["--dataset=other_chars", "--init_from=resume"],
                                   "uses another tokenizer or vocabulary than the checkpoint"),
     "non-finite value": (["--learning_rate=inf"], "learning_rate must be a finite number"),
+    "uneven batch split": (["--batch_split=3"], "batch_split (3) must divide batch_size (8)"),
 }
 
 

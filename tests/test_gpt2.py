@@ -112,11 +112,16 @@ def test_pytorch_model_bin_holding_objects_is_refused(tmp_path):
         GPT.from_pretrained(str(tmp_path))
 
 
-def test_only_dropout_may_be_overridden(tmp_path):
+def test_only_dropout_and_runtime_choices_may_be_overridden(tmp_path):
     save_hf_gpt2(tmp_path)
     model = GPT.from_pretrained(str(tmp_path), dropout=0.1)
     assert model.config.dropout == 0.1 and model.config.bias
     assert GPT.from_pretrained(str(tmp_path)).config.dropout == 0.0
+    manual = GPT.from_pretrained(str(tmp_path), attention="manual", fast_dropout=False)
+    assert not manual.transformer.h[0].attn.use_flash
+    assert not manual.transformer.h[0].mlp.dropout.fast
+    with pytest.raises(ValueError, match="n_layer"):
+        GPT.from_pretrained(str(tmp_path), n_layer=2)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -223,3 +223,48 @@ def test_eval_only_evaluates_and_changes_no_checkpoint(data_dir, tmp_path):
     assert result.iter_num == 10 and set(result.losses) == {"train", "val"}
     assert (out / "ckpt.pt").read_bytes() == before
     assert read_log(out, "eval")[-1]["iter"] == 10
+
+
+# ---- batch_split: a micro-batch in equal chunks ----
+
+def test_batch_split_gives_the_same_training_as_one_chunk(data_dir, tmp_path):
+    """4 chunks of 2 sequences == 1 chunk of 8: the same losses and weights (fp32 rounding)."""
+    runs = {}
+    for split in (1, 4):
+        out = tmp_path / f"split{split}"
+        train(parse_args(tiny_args(data_dir, out, max_iters=8, eval_interval=4,
+                                   batch_split=split)))
+        runs[split] = (read_log(out, "train"), read_log(out, "eval"),
+                       load_checkpoint(out / "ckpt.pt")["model"])
+    (train1, eval1, w1), (train4, eval4, w4) = runs[1], runs[4]
+    assert [r["loss"] for r in train4] == pytest.approx([r["loss"] for r in train1], rel=1e-5)
+    assert [r["val_loss"] for r in eval4] == pytest.approx([r["val_loss"] for r in eval1],
+                                                           rel=1e-5)
+    for k in w1:
+        torch.testing.assert_close(w4[k], w1[k], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_is_exact_with_batch_split_and_dropout(data_dir, tmp_path):
+    common = dict(max_iters=12, eval_interval=4, dropout=0.1, always_save_checkpoint=True,
+                  batch_split=2)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(parse_args(tiny_args(data_dir, straight, **common)))
+    train(parse_args(tiny_args(data_dir, split, **{**common, "max_iters": 6})))
+    train(parse_args(tiny_args(data_dir, split, **common, init_from="resume")))
+    losses = lambda d: [(r["iter"], r["loss"]) for r in read_log(d, "train")]  # noqa: E731
+    assert losses(straight) == losses(split)
+
+
+@pytest.mark.parametrize("batch_size, block_size, device, setting, chunks", [
+    (64, 256, "cpu", 0, 8),      # the baby GPT: 8 chunks of 8 x 256 = 2048 tokens
+    (12, 64, "cpu", 0, 1),       # the CPU config is small already
+    (10, 500, "cpu", 0, 5),      # 3 and 4 chunks would be unequal: 5 chunks of 1000 tokens
+    (5, 4096, "cpu", 0, 5),      # one sequence is longer than a chunk: one per chunk
+    (64, 256, "cuda", 0, 1),     # GPUs run the whole batch
+    (64, 256, "cpu", 2, 2),      # an explicit value wins
+])
+def test_batch_split_auto(batch_size, block_size, device, setting, chunks):
+    from nanogpt.trainer import resolve_batch_split
+
+    cfg = TrainConfig(batch_size=batch_size, block_size=block_size, batch_split=setting)
+    assert resolve_batch_split(cfg, device) == chunks
