@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 
 # lr_decay_iters is fixed in tiny_args, so max_iters does not change the lr schedule and a
 # run stopped early continues on the same schedule when resumed.
-SETTINGS = {"max_iters": 8, "eval_interval": 4, "batch_size": 4, "dropout": 0.1}
+# batch_split 2: each micro-batch runs as 2 chunks, so gradients sync after the last chunk only
+SETTINGS = {"max_iters": 8, "eval_interval": 4, "batch_size": 4, "batch_split": 2,
+            "dropout": 0.1}
 LAUNCH_TIMEOUT = 90  # seconds; a hung rank would otherwise hold the test forever
 
 HOOK_HEADER = """import os, signal, sys, time
