@@ -45,9 +45,10 @@ class TrainConfig:
     data_dir: str = _f("data", "Where dataset directories live.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     batch_size: int = _f(12, "Sequences per micro-batch.")
-    batch_split: int = _f(0, "Run each micro-batch as this many equal chunks: the same "
-                          "gradient, a fraction of the activation memory. 0: auto (on a "
-                          "CPU, chunks of at most 2048 tokens; elsewhere 1).")
+    batch_split: int = _f(0, "Run each micro-batch as this many chunks: the same update "
+                          "(with dropout, the same in distribution), a fraction of the "
+                          "activation memory. 0: auto (on a CPU, chunks of at most 2048 "
+                          "tokens; elsewhere 1).")
     block_size: int = _f(1024, "Context length in tokens.")
     # model
     n_layer: int = _f(12, "Transformer blocks.")
@@ -103,9 +104,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("max_iters", "warmup_iters", "num_threads", "batch_split"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.batch_split and cfg.batch_size % cfg.batch_split:
-        raise ConfigError(f"batch_split ({cfg.batch_split}) must divide batch_size "
-                          f"({cfg.batch_size}); or 0 to choose automatically")
+    if cfg.batch_split > cfg.batch_size:
+        raise ConfigError(f"batch_split ({cfg.batch_split}) must not exceed batch_size "
+                          f"({cfg.batch_size}): a chunk holds at least one sequence; 0 chooses "
+                          f"automatically")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}); "
                           f"try n_embd={cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))}")

@@ -28,7 +28,7 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cp
     for size in shape:
         n *= size
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(-2**63, 2**63 - 1, generator=generator)
+    words.random_(-2**63, None, generator=generator)  # every int64 value, uniformly
     numbers = words.view(torch.int16)[:n].view(shape)
     return numbers >= round(p * _LEVELS) - _LEVELS // 2
 

@@ -57,7 +57,7 @@ TRAIN_CASES = {
     "resume on another dataset": (["--dataset=other_chars", "--init_from=resume"],
                                   "uses another tokenizer or vocabulary than the checkpoint"),
     "non-finite value": (["--learning_rate=inf"], "learning_rate must be a finite number"),
-    "uneven batch split": (["--batch_split=3"], "batch_split (3) must divide batch_size (8)"),
+    "batch split too fine": (["--batch_split=9"], "batch_split (9) must not exceed batch_size (8)"),
 }
 
 

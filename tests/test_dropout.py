@@ -116,3 +116,17 @@ def test_a_gpt_with_fast_dropout_still_learns():
         loss.backward()
         opt.step()
     assert loss.item() < first / 3
+
+
+def test_bf16_autocast_training_step_through_the_manual_path():
+    """CPUs with AMX train in bf16 autocast: the causal bias, the masks and the scale must
+    follow the autocast dtype, and the gradients stay finite float32."""
+    model = _gpt("auto", True).train()
+    idx = torch.randint(0, 20, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+               for g in grads)

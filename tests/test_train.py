@@ -228,20 +228,21 @@ def test_eval_only_evaluates_and_changes_no_checkpoint(data_dir, tmp_path):
 # ---- batch_split: a micro-batch in equal chunks ----
 
 def test_batch_split_gives_the_same_training_as_one_chunk(data_dir, tmp_path):
-    """4 chunks of 2 sequences == 1 chunk of 8: the same losses and weights (fp32 rounding)."""
+    """Chunks of 3, 3 and 2 sequences == 1 chunk of 8: the same losses and weights (fp32
+    rounding), so unequal chunks are weighted by their share of the batch."""
     runs = {}
-    for split in (1, 4):
+    for split in (1, 3):
         out = tmp_path / f"split{split}"
         train(parse_args(tiny_args(data_dir, out, max_iters=8, eval_interval=4,
                                    batch_split=split)))
         runs[split] = (read_log(out, "train"), read_log(out, "eval"),
                        load_checkpoint(out / "ckpt.pt")["model"])
-    (train1, eval1, w1), (train4, eval4, w4) = runs[1], runs[4]
-    assert [r["loss"] for r in train4] == pytest.approx([r["loss"] for r in train1], rel=1e-5)
-    assert [r["val_loss"] for r in eval4] == pytest.approx([r["val_loss"] for r in eval1],
+    (train1, eval1, w1), (train3, eval3, w3) = runs[1], runs[3]
+    assert [r["loss"] for r in train3] == pytest.approx([r["loss"] for r in train1], rel=1e-5)
+    assert [r["val_loss"] for r in eval3] == pytest.approx([r["val_loss"] for r in eval1],
                                                            rel=1e-5)
     for k in w1:
-        torch.testing.assert_close(w4[k], w1[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(w3[k], w1[k], rtol=1e-4, atol=1e-5)
 
 
 def test_resume_is_exact_with_batch_split_and_dropout(data_dir, tmp_path):
@@ -258,7 +259,8 @@ def test_resume_is_exact_with_batch_split_and_dropout(data_dir, tmp_path):
 @pytest.mark.parametrize("batch_size, block_size, device, setting, chunks", [
     (64, 256, "cpu", 0, 8),      # the baby GPT: 8 chunks of 8 x 256 = 2048 tokens
     (12, 64, "cpu", 0, 1),       # the CPU config is small already
-    (10, 500, "cpu", 0, 5),      # 3 and 4 chunks would be unequal: 5 chunks of 1000 tokens
+    (13, 256, "cpu", 0, 2),      # chunks of 7 and 6 sequences, not 13 of one
+    (10, 500, "cpu", 0, 3),      # 4, 3 and 3 sequences
     (5, 4096, "cpu", 0, 5),      # one sequence is longer than a chunk: one per chunk
     (64, 256, "cuda", 0, 1),     # GPUs run the whole batch
     (64, 256, "cpu", 2, 2),      # an explicit value wins
