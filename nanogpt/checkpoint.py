@@ -83,12 +83,8 @@ def saved_run_config(out_dir: str | os.PathLike) -> dict | None:
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", **overrides) -> GPT:
     """The checkpoint's model; overrides may change what does not touch the weights
-    (dropout, attention, fast_dropout)."""
-    unknown = set(overrides) - {"dropout", "attention", "fast_dropout"}
-    if unknown:
-        raise ValueError(f"only dropout, attention and fast_dropout may be overridden, not "
-                         f"{sorted(unknown)}")
-    model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
+    (model.RUNTIME_FIELDS)."""
+    model = GPT(GPTConfig(**ckpt["model_args"]).with_runtime(**overrides))
     model.load_state_dict(ckpt["model"])
     return model.to(device)
 

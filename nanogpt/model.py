@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -19,6 +19,8 @@ from torch.utils.checkpoint import checkpoint
 from nanogpt.dropout import Dropout
 
 ATTENTION_IMPLS = ("auto", "flash", "manual")
+RUNTIME_FIELDS = ("dropout", "attention", "fast_dropout")
+"""GPTConfig fields that do not change the weights: a saved model may load with others."""
 
 
 @dataclass
@@ -54,6 +56,14 @@ class GPTConfig:
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got "
                              f"{self.gelu_approximate!r}")
+
+    def with_runtime(self, **changes: object) -> "GPTConfig":
+        """A copy with other RUNTIME_FIELDS values; ValueError for any other field."""
+        unknown = set(changes) - set(RUNTIME_FIELDS)
+        if unknown:
+            raise ValueError(f"only {', '.join(RUNTIME_FIELDS)} may differ from a saved "
+                             f"model, not {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
 
 
 class LayerNorm(nn.Module):

@@ -12,7 +12,6 @@ models get gelu_approximate='tanh'.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -41,16 +40,11 @@ def from_pretrained(name_or_path: str | os.PathLike, dropout: float | None = Non
                     **runtime: object) -> GPT:
     """A GPT holding GPT-2 weights from a local HF directory or a GPT-2 name.
 
-    An existing directory wins over a name. Only dropout and the runtime choices
-    (attention, fast_dropout) may differ from the saved model.
+    An existing directory wins over a name. Only dropout and the other runtime choices
+    (model.RUNTIME_FIELDS) may differ from the saved model.
     """
-    unknown = set(runtime) - {"attention", "fast_dropout"}
-    if unknown:
-        raise ValueError(f"only dropout, attention and fast_dropout may be set, not "
-                         f"{sorted(unknown)}")
     directory = resolve_pretrained(name_or_path)
-    config = config_from_hf(read_hf_config(directory), dropout=dropout)
-    config = dataclasses.replace(config, **runtime)
+    config = config_from_hf(read_hf_config(directory), dropout=dropout).with_runtime(**runtime)
     model = GPT(config)
     load_hf_state_dict(model, read_hf_weights(directory))
     return model

@@ -38,7 +38,7 @@ log = logging.getLogger("nanogpt")
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 # batch_split=0 on a CPU: chunks of at most this many tokens. On the baby GPT (batch 64 x block
-# 256, 2 cores) 8 chunks of 2048 tokens made a step 1.5x faster than one chunk (less memory
+# 256, 2 cores) 8 chunks of 2048 tokens made a step 1.4-1.5x faster than one chunk (less memory
 # traffic) and cut the peak RSS from 5.3 GB to 1.4 GB; 4 chunks: as fast, 2.3 GB.
 CPU_CHUNK_TOKENS = 2048
 
