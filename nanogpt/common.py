@@ -39,7 +39,13 @@ def resolve_device(requested: str) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16)."""
+    """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16).
+
+    NANOGPT_CPU_BF16=1 or =0 overrides the answer: to run as on the other kind of CPU (e.g.
+    the test suite under both dtypes on one machine)."""
+    forced = os.environ.get("NANOGPT_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,101 +16,15 @@ import numpy as np
 import torch
 
 from nanogpt.common import mix_seed
+from nanogpt.download import TINY_SHAKESPEARE, download, known_file
 from nanogpt.errors import UserError
 from nanogpt.fileio import atomic_write
-
-SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
-                   "tinyshakespeare/input.txt")
-
-
-class UnknownCharactersError(UserError, ValueError):
-    pass
-
-
-class CharTokenizer:
-    """One token per distinct character of the training text."""
-
-    kind = "char"
-
-    def __init__(self, chars: list[str]):
-        self.chars = list(chars)
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError:
-            unknown = sorted({c for c in text if c not in self.stoi})
-            raise UnknownCharactersError(
-                f"characters not in the vocabulary: {', '.join(repr(c) for c in unknown)}"
-            ) from None
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars}
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
-        return tokenizer_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-class GPT2Tokenizer:
-    """GPT-2's byte-pair encoding, through tiktoken (the `bpe` extra)."""
-
-    kind = "gpt2"
-    vocab_size = 50257
-    eot_token = 50256
-
-    def __init__(self):
-        try:
-            import tiktoken
-        except ImportError:
-            raise UserError("the GPT-2 tokenizer needs tiktoken: pip install tiktoken "
-                            "(or pip install -e '.[bpe]')") from None
-        try:
-            self._enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:  # noqa: BLE001 - tiktoken's network errors vary by version
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise UserError(f"tiktoken could not load GPT-2's BPE files ({first}); it downloads "
-                            f"them once: connect to the internet, or copy vocab.bpe and "
-                            f"encoder.json into $TIKTOKEN_CACHE_DIR under tiktoken's names "
-                            f"for them") from None
-
-    def encode(self, text: str) -> list[int]:
-        return self._enc.encode(text, allowed_special={"<|endoftext|>"})
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        """encode, but a literal '<|endoftext|>' in text stays text (for web documents)."""
-        return self._enc.encode_ordinary(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self._enc.decode(ids)
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind}
-
-
-def tokenizer_from_dict(d: dict):
-    kind = d.get("kind")
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    raise UserError(f"unknown tokenizer kind {kind!r} in dataset or checkpoint metadata")
-
+from nanogpt.tokenizer import (  # noqa: F401 - re-exported: nanogpt.data.CharTokenizer
+    CharTokenizer,
+    GPT2Tokenizer,
+    UnknownCharactersError,
+    tokenizer_from_dict,
+)
 
 # ---- preparing datasets ----
 
@@ -165,37 +78,23 @@ def write_tokens_streaming(path: str | os.PathLike, chunks: Iterable[np.ndarray]
     os.replace(tmp, path)
 
 
-def download(url: str, dest: str | os.PathLike, what: str) -> None:
-    """Download url to dest, or raise UserError saying how to provide the file by hand."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-            f.write(r.read())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        raise UserError(f"could not download {what} from {url} ({reason}); download it "
-                        f"yourself and save it as {dest}, then run again") from None
-    os.replace(tmp, dest)
-
-
 def _shakespeare_text(data_dir: Path) -> str:
+    """data_dir/input.txt when the user put one there, else the copy shipped with nanogpt."""
     src = data_dir / "input.txt"
     if not src.exists():
-        download(SHAKESPEARE_URL, src, "Tiny Shakespeare")
+        src = known_file(TINY_SHAKESPEARE, dest=src)
     return src.read_text(encoding="utf-8")
 
 
 def prepare_shakespeare_char(data_dir: str | os.PathLike) -> dict:
-    """data_dir/input.txt (downloaded if absent) -> char-level train/val bins + meta.json."""
+    """Tiny Shakespeare (data_dir/input.txt, or the shipped copy) -> char-level train/val
+    bins + meta.json in data_dir."""
     text = _shakespeare_text(Path(data_dir))
     return write_dataset(data_dir, text, CharTokenizer.from_text(text))
 
 
 def prepare_shakespeare(data_dir: str | os.PathLike) -> dict:
-    """data_dir/input.txt (downloaded if absent) -> GPT-2 BPE train/val bins + meta.json."""
+    """Tiny Shakespeare (as above) -> GPT-2 BPE train/val bins + meta.json in data_dir."""
     tokenizer = GPT2Tokenizer()  # a missing tiktoken fails before the download
     return write_dataset(data_dir, _shakespeare_text(Path(data_dir)), tokenizer)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: hermetic copies of the offline data and tiny configs."""
+"""Shared fixtures: datasets prepared from the data shipped in nanogpt/assets, tiny configs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = ROOT / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,14 +28,12 @@ def _restore_torch_state():
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"offline Tiny Shakespeare copy not found at {SHAKESPEARE}")
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory, shakespeare_text) -> Path:
-    """A data_dir whose shakespeare_char dataset is prepared from the offline copy."""
+    """A data_dir whose shakespeare_char dataset is prepared from the shipped copy."""
     from nanogpt.data import prepare_shakespeare_char
 
     root = tmp_path_factory.mktemp("data")

@@ -1,3 +1,4 @@
+import io
 import json
 import urllib.error
 
@@ -5,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nanogpt import data
+from nanogpt import data, download
 from nanogpt.data import BatchSampler, CharTokenizer, UnknownCharactersError
+from nanogpt.download import sha256_of
 from nanogpt.errors import UserError
 
 
@@ -41,17 +43,63 @@ def test_prepare_writes_first_90_and_last_10_percent(tmp_path):
     assert saved == meta and saved["vocab_size"] == tok.vocab_size and saved["dtype"] == "uint16"
 
 
-def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails, as on a machine without internet."""
+    import socket
+
+    def refuse(*a, **k):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_shakespeare_prepares_offline_from_the_shipped_copy(tmp_path, no_network):
+    meta = data.prepare_shakespeare_char(tmp_path / "shakespeare_char")
+    assert meta["vocab_size"] == 65 and meta["train_tokens"] + meta["val_tokens"] == 1115394
+    assert sha256_of(download.ASSETS / download.TINY_SHAKESPEARE.name) == \
+        download.TINY_SHAKESPEARE.sha256
+
+
+def test_gpt2_tokenizer_builds_offline_from_the_shipped_files(no_network):
+    from nanogpt.tokenizer import GPT2Tokenizer, _gpt2_encoding
+
+    _gpt2_encoding.cache_clear()
+    tok = GPT2Tokenizer()
+    assert tok.encode("Hello world<|endoftext|>") == [15496, 995, 50256]  # GPT-2's ids
+    assert tok.decode(tok.encode("naïve café ✓\n")) == "naïve café ✓\n"
+
+
+@pytest.mark.parametrize("shipped", ["missing", "altered"])
+def test_without_an_intact_shipped_copy_the_download_error_says_where_to_put_it(
+        tmp_path, monkeypatch, shipped):
+    assets = tmp_path / "assets"
+    if shipped == "altered":
+        (assets / "tinyshakespeare").mkdir(parents=True)
+        (assets / "tinyshakespeare" / "input.txt").write_text("not Shakespeare")
+    monkeypatch.setattr(download, "ASSETS", assets)
+
     def offline(*a, **k):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
     with pytest.raises(UserError) as e:
         data.prepare_shakespeare_char(tmp_path / "shakespeare_char")
     msg = str(e.value)
-    assert data.SHAKESPEARE_URL in msg and str(tmp_path / "shakespeare_char" / "input.txt") in msg
-    assert "\n" not in msg
+    assert download.TINY_SHAKESPEARE.url in msg
+    assert str(tmp_path / "shakespeare_char" / "input.txt") in msg and "\n" not in msg
     assert not list((tmp_path / "shakespeare_char").glob("*.part"))
+
+
+def test_a_download_with_the_wrong_content_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "ASSETS", tmp_path / "no-assets")
+    monkeypatch.setattr(download.urllib.request, "urlopen",
+                        lambda *a, **k: io.BytesIO(b"<html>captive portal</html>"))
+    dest = tmp_path / "ds" / "input.txt"
+    with pytest.raises(UserError, match="not the expected file"):
+        download.known_file(download.TINY_SHAKESPEARE, dest)
+    assert not dest.exists() and not list(dest.parent.iterdir())
 
 
 def test_unknown_unprepared_dataset_names_the_command(tmp_path):

@@ -67,8 +67,6 @@ def events(out_dir: Path, kind: str) -> list[dict]:
 
 def fresh_data_dir(tmp_path: Path) -> Path:
     """Only input.txt: rank 0 must prepare the dataset while rank 1 waits for it."""
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"offline Tiny Shakespeare copy not found at {SHAKESPEARE}")
     ds = tmp_path / "data" / "shakespeare_char"
     ds.mkdir(parents=True)
     shutil.copy(SHAKESPEARE, ds / "input.txt")

@@ -1,7 +1,7 @@
 """GPT-2: Hugging Face weights in and out, BPE datasets, your own text, finetuning.
 
 transformers, safetensors and tiktoken are test extras: without them these tests skip.
-tiktoken's gpt2 files come from the offline copies (see ../shared/data/README.md).
+GPT-2's BPE files ship in nanogpt/assets, so tiktoken needs no download.
 """
 
 from __future__ import annotations
@@ -18,30 +18,7 @@ import torch
 from nanogpt.data import prepare_text, read_text_input
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from tests.conftest import SHAKESPEARE, SHARED, run_script, tiny_args
-
-TIKTOKEN_FILES = {"vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
-                  "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"}
-
-
-@pytest.fixture(scope="session")
-def tiktoken_cache(tmp_path_factory):
-    """TIKTOKEN_CACHE_DIR holding the offline gpt2 files, for this process and subprocesses."""
-    pytest.importorskip("tiktoken")
-    src = SHARED / "gpt2"
-    if not all((src / name).exists() for name in TIKTOKEN_FILES):
-        pytest.skip(f"offline GPT-2 BPE files not found in {src}")
-    cache = tmp_path_factory.mktemp("tiktoken")
-    for name, key in TIKTOKEN_FILES.items():
-        shutil.copy(src / name, cache / key)
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("TIKTOKEN_CACHE_DIR", None)
-    else:
-        os.environ["TIKTOKEN_CACHE_DIR"] = old
-
+from tests.conftest import SHAKESPEARE, run_script, tiny_args
 
 def save_hf_gpt2(directory: Path, vocab_size: int = 100, n_positions: int = 64, seed: int = 0,
                  scramble: bool = True, **config):
@@ -177,7 +154,7 @@ def decode_bin(directory: Path, split: str) -> str:
     return tokenizer_from_dict(meta["tokenizer"]).decode(ids.tolist())
 
 
-def test_gpt2_bpe_dataset_round_trips(tmp_path, tiktoken_cache, shakespeare_text):
+def test_gpt2_bpe_dataset_round_trips(tmp_path, shakespeare_text):
     text = shakespeare_text[:5000]
     (tmp_path / "notes.txt").write_text(text, encoding="utf-8")
     meta = prepare_text(tmp_path / "notes.txt", tmp_path / "notes", "gpt2")
@@ -189,9 +166,7 @@ def test_gpt2_bpe_dataset_round_trips(tmp_path, tiktoken_cache, shakespeare_text
     assert meta["train_tokens"] < split / 2  # BPE, not characters
 
 
-def test_shakespeare_bpe_matches_nanogpt_token_counts(tmp_path, tiktoken_cache):
-    if not SHAKESPEARE.exists():
-        pytest.skip("offline Tiny Shakespeare copy not found")
+def test_shakespeare_bpe_matches_nanogpt_token_counts(tmp_path):
     from nanogpt.data import prepare_shakespeare
 
     shutil.copy(SHAKESPEARE, tmp_path / "input.txt")
@@ -236,17 +211,15 @@ def test_prepare_errors_name_the_fix(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_failed_downloads_say_where_to_put_the_file(tmp_path, monkeypatch, tiktoken_cache):
+def test_failed_url_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     import urllib.error
 
-    from nanogpt import data
+    from nanogpt import download
 
     def offline(*a, **k):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
-    with pytest.raises(UserError, match=f"save it as {tmp_path / 'shakespeare' / 'input.txt'}"):
-        data.prepare_shakespeare(tmp_path / "shakespeare")
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
     with pytest.raises(UserError, match=f"save it as {tmp_path / 'web' / 'input.txt'}"):
         prepare_text("https://example.com/book.txt", tmp_path / "web")
 
@@ -276,7 +249,7 @@ def test_init_from_gpt2_needs_a_gpt2_dataset(tmp_path, data_dir):
 
 
 @pytest.fixture
-def bpe_data_dir(tmp_path, tiktoken_cache, shakespeare_text) -> Path:
+def bpe_data_dir(tmp_path, shakespeare_text) -> Path:
     (tmp_path / "text.txt").write_text(shakespeare_text[:30000], encoding="utf-8")
     prepare_text(tmp_path / "text.txt", tmp_path / "data" / "bpe", "gpt2")
     return tmp_path / "data"

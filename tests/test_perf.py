@@ -41,7 +41,10 @@ def test_cpu_has_fast_bf16_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, exp
     real_open = open
     monkeypatch.setattr(common, "open", lambda path, *a, **k: real_open(
         cpuinfo if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
+    monkeypatch.delenv("NANOGPT_CPU_BF16", raising=False)
     assert common.cpu_has_fast_bf16() is expected
+    monkeypatch.setenv("NANOGPT_CPU_BF16", "0" if expected else "1")  # runs as the other kind
+    assert common.cpu_has_fast_bf16() is not expected
 
 
 def test_parameters_stay_float32_under_bf16_autocast():

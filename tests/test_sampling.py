@@ -288,15 +288,28 @@ def test_batch_rows_equal_their_prompts_generated_alone(use_cache):
 
 # ---- sample.py ----
 
-@pytest.fixture(scope="module")
-def out_dir(tmp_path_factory, tok):
-    """A checkpoint of a tiny random model, in the format load_model reads."""
-    out = tmp_path_factory.mktemp("ckpt")
-    model = tiny_gpt(vocab_size=tok.vocab_size)
+def save_model(out, model: GPT, tok: CharTokenizer):
+    """A checkpoint of model, in the format load_model reads."""
     save_checkpoint(checkpoint_path(out), {
         "model": model.state_dict(), "tokenizer": tok.to_dict(),
         "model_args": {k: getattr(model.config, k) for k in GPTConfig.__dataclass_fields__}})
     return out
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory, tok):
+    """A tiny random model with peaked logits."""
+    return save_model(tmp_path_factory.mktemp("ckpt"), tiny_gpt(vocab_size=tok.vocab_size), tok)
+
+
+@pytest.fixture(scope="module")
+def uniform_out_dir(tmp_path_factory, tok):
+    """A model whose logits are all exactly 0 (zero token embeddings, tied to the head): every
+    token is equally likely in any dtype, so what is sampled depends on the seed alone."""
+    model = tiny_gpt(vocab_size=tok.vocab_size)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    return save_model(tmp_path_factory.mktemp("uniform"), model, tok)
 
 
 def cli(capsys, out_dir, *args) -> tuple[int, str, str]:
@@ -326,11 +339,13 @@ def test_cli_seed_makes_samples_repeatable(capsys, out_dir):
     assert cli(capsys, out_dir, "--num_samples", "2", "--seed", "1", "--no_cache")[1] == runs[0]
 
 
-def test_cli_stop_string_ends_each_sample(capsys, out_dir):
-    _, out, _ = cli(capsys, out_dir, "--num_samples", "3", "--start", "ab")
+def test_cli_stop_string_ends_each_sample(capsys, uniform_out_dir):
+    # 3 x 40 uniform draws from 10 characters: no newline among them has probability 3e-6
+    _, out, _ = cli(capsys, uniform_out_dir, "--num_samples", "3", "--start", "ab")
     full = samples_of(out, "ab")
     assert any("\n" in s for s in full)
-    _, out, _ = cli(capsys, out_dir, "--num_samples", "3", "--start", "ab", "--stop", "\\n")
+    _, out, _ = cli(capsys, uniform_out_dir, "--num_samples", "3", "--start", "ab",
+                    "--stop", "\\n")
     assert samples_of(out, "ab") == [s.split("\n")[0] for s in full]
 
 
