@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from nanogpt.checkpoint import load_checkpoint, load_model
-from nanogpt.cli import run_guarded
 from nanogpt.data import load_meta
+from nanogpt.errors import run_guarded
 
 
 @torch.no_grad()

@@ -5,8 +5,9 @@
 
 Every variant runs in a fresh subprocess (so peak memory is its own and no variant inherits
 another's warm caches or compiled code); with --repeats > 1 the variants take turns, so a
-change of machine load hits them alike. A measured step is the trainer's step: get a batch,
-forward and backward under autocast, clip, AdamW step; evaluation and checkpoints are left out.
+change of machine load hits them alike. A measured step is the training loop's own:
+trainer.micro_batches, then trainer.train_step (forward and backward under autocast, clip,
+optimizer step); evaluation and checkpoints are left out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 BENCH_USAGE = """usage: python -m nanogpt.bench [--config FILE ...] [--key=value ...]
@@ -66,26 +66,37 @@ def variant_grid(compares: list[str]) -> list[dict[str, str]]:
 
 
 def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
-    """Build the run argv describes and time `iters` training steps after `warmup` ones.
+    """Build the run argv describes, as train() does, and time `iters` of its train_step
+    after `warmup` ones.
 
     Returns plain numbers: ms per step (median), tokens/s, FLOPs per token, achieved FLOP/s,
     the peak it is compared with, peak memory (process RSS, and CUDA allocations on a GPU).
     """
     import torch
 
-    from nanogpt import common, trainer
+    from nanogpt import trainer
     from nanogpt.config import parse_args
+    from nanogpt.data import open_dataset
+    from nanogpt.device import autocast, resolve_device, resolve_dtype, set_num_threads
+    from nanogpt.distributed import DistInfo
 
-    with tempfile.TemporaryDirectory() as out_dir:
-        cfg = parse_args(argv + [f"--out_dir={out_dir}", "--init_from=scratch"])
-        threads = common.default_num_threads(cfg.num_threads)
-        if threads:
-            torch.set_num_threads(threads)
-        run = trainer.prepare_run(cfg, common.DistInfo())
-    stepper, _, _ = trainer.build_stepper(run)
-    raw_model = stepper.raw_model
-    kind = run.device.split(":")[0]
-    step = stepper.step  # the training loop's own step: it waits for the device, as there
+    cfg = parse_args(argv + ["--out_dir=unused", "--init_from=scratch"])
+    set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    data = open_dataset(cfg.data_dir, cfg.dataset)
+    state = trainer.build_state(cfg, data, None, device, dtype)
+    model = trainer.wrap_model(state.model, cfg, DistInfo(), device)
+    sampler = data.sampler("train", cfg.block_size, cfg.batch_size, cfg.seed, device)
+    chunks, ctx = trainer.resolve_batch_split(cfg, device), autocast(device, dtype)
+
+    def step(i: int) -> None:  # the training loop's step, then a wait for the device
+        batches = trainer.micro_batches(sampler, cfg.seed, i, cfg.gradient_accumulation_steps,
+                                        DistInfo())
+        loss, _ = trainer.train_step(model, state.optimizer, batches,
+                                     lr=trainer.get_lr(i, cfg), grad_clip=cfg.grad_clip,
+                                     chunks=chunks, ctx=ctx, scaler=state.scaler)
+        loss.item()
 
     t0 = time.perf_counter()
     step(0)
@@ -99,31 +110,31 @@ def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    flops_per_token = raw_model.flops_per_token()
+    flops_per_token = state.model.flops_per_token()
     result = {
-        "device": run.device, "dtype": run.dtype, "compile": run.compile,
-        "threads": torch.get_num_threads(), "params": raw_model.get_num_params(),
+        "device": device, "dtype": dtype, "compile": model is not state.model,
+        "threads": torch.get_num_threads(), "params": state.model.get_num_params(),
         "ms_per_iter": 1000 * seconds, "ms_min": 1000 * min(times),
         "tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token,
         "flops_per_s": flops_per_token * tokens / seconds, "first_step_s": first_step_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if kind == "cuda":
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
-    result["peak_flops"], result["peak_source"] = device_peak(run.device, run.dtype)
+    if device.startswith("cuda"):
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["peak_flops"], result["peak_source"] = device_peak(device, dtype)
     return result
 
 
 def device_peak(device: str, dtype: str) -> tuple[float | None, str]:
     """(peak FLOP/s, where it comes from): the GPU table, or a matmul measured here."""
-    from nanogpt import common
+    from nanogpt.flops import measure_matmul_flops, peak_flops
 
-    listed = common.peak_flops(device, dtype)
+    listed = peak_flops(device, dtype)
     if listed:
         return listed, "table"
     # a small matmul for slow dtypes keeps the measurement short (bf16 without AMX: ~1 GFLOP/s)
     n = 1024 if dtype == "float32" else 256
-    return common.measure_matmul_flops(dtype, n=n, device=device, repeats=5), f"matmul {n}"
+    return measure_matmul_flops(dtype, n=n, device=device, repeats=5), f"matmul {n}"
 
 
 def run_variant(argv: list[str], iters: int, warmup: int, timeout: float = 3600) -> dict:

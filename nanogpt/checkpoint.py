@@ -1,55 +1,137 @@
-"""Checkpoints: crash-safe saving, safe loading (no pickle), and loading a trained model.
+"""Checkpoints: the training state a resume needs, crash-safe saving, safe loading (no pickle).
 
-A checkpoint is a dict of tensors and plain values (str/int/float/bool/list/dict):
-`model`, `optimizer`, `scaler`, `model_args`, `config`, `tokenizer`, `iter_num`,
-`best_val_loss`, `rng`. It is written to a temporary file in the same directory, fsynced,
-then renamed over the old one, so a crash leaves either the old or the new file.
+TrainState is the one writer (to_checkpoint) and the one reader (restore) of the format. A
+checkpoint is a dict of tensors and plain values (str/int/float/bool/None/list/dict) under
+CHECKPOINT_KEYS. It is written to a temporary file in the same directory, fsynced, then
+renamed over the old one, so a crash leaves either the old or the new file; it is read with
+torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 import os
+import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nanogpt.data import tokenizer_from_dict
 from nanogpt.errors import UserError
 from nanogpt.fileio import atomic_write
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.randomness import get_rng_state, set_rng_state
+from nanogpt.tokenizer import tokenizer_from_dict
 
 CKPT_NAME = "ckpt.pt"
 LAST_NAME = "last.pt"
-CONFIG_NAME = "train_config.json"  # not config.json: export may write a HF one
+CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss",
+                   "elapsed", "rng", "config", "tokenizer", "pretrained")
 
 
 class CheckpointError(UserError):
     pass
 
 
+@dataclass
+class TrainState:
+    """Everything a resume needs: the model, the optimizer and GradScaler, the loop's counters,
+    and what the run is (its config, tokenizer and the pretrained weights it started from)."""
+
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None = None
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+    elapsed: float = 0.0
+    """Seconds the run has trained so far, across resumes."""
+    config: dict = field(default_factory=dict)
+    """The run's TrainConfig, as a dict."""
+    tokenizer: dict = field(default_factory=dict)
+    """The dataset's tokenizer, as meta.json holds it."""
+    pretrained: str | None = None
+    """The GPT-2 name or directory the weights started from (kept across resumes)."""
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint of this state and of every RNG the training step draws from."""
+        return {
+            "model": self.model.state_dict(),
+            "model_args": dataclasses.asdict(self.model.config),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "elapsed": self.elapsed,
+            "rng": get_rng_state(),
+            "config": self.config,
+            "tokenizer": self.tokenizer,
+            "pretrained": self.pretrained,
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        """Load ckpt into this state: weights, optimizer, scaler, counters and every RNG.
+
+        The model must have ckpt's shape (build it with GPTConfig(**ckpt["model_args"])).
+        config stays this run's (flags may change on resume); the rest is the checkpoint's.
+        """
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        self.elapsed = ckpt.get("elapsed", 0.0)
+        self.tokenizer, self.pretrained = ckpt["tokenizer"], ckpt.get("pretrained")
+        set_rng_state(ckpt["rng"])
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write payload to path so that a crash leaves the old or the new checkpoint."""
-    atomic_write(path, lambda f: torch.save(payload, f))
+    """Write payload to path so that a crash leaves the old or the new checkpoint, and no
+    temporary file. A failed write is a CheckpointError saying why."""
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"could not save the checkpoint to {path} "
+                              f"({_write_failure(e, Path(path).parent)})") from None
+
+
+def _write_failure(e: Exception, directory: Path) -> str:
+    """Why a write failed, in words: torch.save reports a full disk as a RuntimeError."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        import shutil
+
+        if shutil.disk_usage(directory).free < 1 << 20:
+            return "No space left on device"
+    except OSError:
+        pass
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """torch.load with weights_only=True; a missing or damaged file is a one-line error."""
+    """torch.load with weights_only=True; a missing, damaged or foreign file is a one-line
+    CheckpointError (never advice to load it unsafely)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is damaged, or not a nanogpt checkpoint ({why})")
+
+    if path.stat().st_size == 0:
+        raise refuse("the file is empty")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged or not a nanogpt checkpoint "
-                              f"({first[:200]})") from None
-    except Exception as e:  # the unpickler refusing a non-weights object lands here too
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely "
-                              f"({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-        raise CheckpointError(f"{path} is not a nanogpt checkpoint (no model/model_args)")
+    except pickle.UnpicklingError:  # what weights_only refuses to build: objects, not tensors
+        raise refuse("it is not a file of tensors that loads safely") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise refuse("it cannot be read as a torch checkpoint: truncated or altered") from None
+    except Exception as e:  # noqa: BLE001 - whatever else a foreign file makes torch raise
+        raise refuse(f"torch.load raised {type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args"} <= ckpt.keys():
+        raise refuse("it holds no model and model_args")
     return ckpt
 
 
@@ -67,24 +149,15 @@ def newest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
-def save_run_config(out_dir: str | os.PathLike, config: dict) -> None:
-    """out_dir/train_config.json: the run's resolved TrainConfig, readable without torch."""
-    text = json.dumps(config, indent=1).encode("utf-8")
-    atomic_write(Path(out_dir) / CONFIG_NAME, lambda f: f.write(text))
-
-
-def saved_run_config(out_dir: str | os.PathLike) -> dict | None:
-    """The train_config.json a run left in out_dir, or None if there is none or unreadable."""
-    try:
-        return json.loads((Path(out_dir) / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", **overrides) -> GPT:
-    """The checkpoint's model; overrides may change what does not touch the weights
+def model_config(ckpt: dict, **runtime: object) -> GPTConfig:
+    """The checkpoint's GPTConfig; runtime may change what does not touch the weights
     (model.RUNTIME_FIELDS)."""
-    model = GPT(GPTConfig(**ckpt["model_args"]).with_runtime(**overrides))
+    return GPTConfig(**ckpt["model_args"]).with_runtime(**runtime)
+
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", **runtime) -> GPT:
+    """The checkpoint's model, with its weights."""
+    model = GPT(model_config(ckpt, **runtime))
     model.load_state_dict(ckpt["model"])
     return model.to(device)
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Callable
 
-EXIT_USER_ERROR = 2
+from nanogpt.errors import UserError, debug_requested, run_guarded
 
 
 class _TqdmHandler(logging.Handler):
@@ -35,40 +33,6 @@ def setup_logging(enabled: bool = True) -> None:
     logger.propagate = False
 
 
-def _pop_debug(argv: list[str]) -> tuple[list[str], bool]:
-    debug = os.environ.get("NANOGPT_DEBUG", "") not in ("", "0")
-    rest = [a for a in argv if a != "--debug"]
-    return rest, debug or len(rest) != len(argv)
-
-
-def run_guarded(body: Callable[[], int], debug: bool) -> int:
-    import torch
-
-    from nanogpt.errors import TrainingStopped, UserError
-
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank ends the same way
-    try:
-        return body()
-    except TrainingStopped as e:
-        if rank0:
-            print(str(e), file=sys.stderr)
-        return e.exit_code
-    except (UserError, oom) as e:
-        if debug:
-            raise
-        if isinstance(e, oom):
-            e = UserError("out of memory on the device; lower --batch_size (raise "
-                          "--gradient_accumulation_steps to keep the batch) or --block_size")
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("aborted", file=sys.stderr)
-        return 130
-
-
 # ---- train ----
 
 TRAIN_USAGE = """usage: python train.py [--config FILE | FILE ...] [--key=value | --key value ...]
@@ -78,7 +42,7 @@ Config files are Python assignments; later files and flags win. Keys (default, m
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
     if "-h" in argv or "--help" in argv:
         from nanogpt.config import help_text
 
@@ -88,9 +52,10 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from nanogpt import common
-    from nanogpt.checkpoint import saved_run_config
+    from nanogpt import distributed
     from nanogpt.config import parse_args
+    from nanogpt.device import resolve_device
+    from nanogpt.rundir import saved_run_config
     from nanogpt.trainer import train
 
     cfg = parse_args(argv)
@@ -99,18 +64,18 @@ def _train(argv: list[str]) -> int:
         if saved is not None:
             cfg = parse_args(argv, base={k: v for k, v in saved.items()
                                          if k not in ("init_from", "overwrite", "eval_only")})
-    dist = common.dist_from_env()
+    dist = distributed.dist_from_env()
     setup_logging(enabled=dist.is_master)
     if not dist.enabled:
         train(cfg)
         return 0
     import dataclasses
 
-    device = common.init_distributed(dist, common.resolve_device(cfg.device))
+    device = distributed.init_distributed(dist, resolve_device(cfg.device))
     try:
         train(dataclasses.replace(cfg, device=device), dist)
     finally:
-        common.cleanup_distributed()
+        distributed.cleanup_distributed()
     return 0
 
 
@@ -118,8 +83,6 @@ def _train(argv: list[str]) -> int:
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        from nanogpt.errors import UserError
-
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
@@ -141,6 +104,9 @@ def sample_parser() -> argparse.ArgumentParser:
                    help="end a sample at this string (repeatable); \\n escapes work")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="precision of the forward pass; auto: bf16 where the device has "
+                        "fast bf16, else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,
                    help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
@@ -149,13 +115,11 @@ def sample_parser() -> argparse.ArgumentParser:
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
     return run_guarded(lambda: _sample(argv), debug)
 
 
 def _read_prompt(start: str) -> str:
-    from nanogpt.errors import UserError
-
     if not start.startswith("FILE:"):
         return start
     path = start[len("FILE:"):]
@@ -169,8 +133,6 @@ def _read_prompt(start: str) -> str:
 
 def _unescape(s: str) -> str:
     """'\\n' typed on a command line -> a newline; other characters stay as they are."""
-    from nanogpt.errors import UserError
-
     if "\\" not in s:
         return s
     try:
@@ -181,31 +143,29 @@ def _unescape(s: str) -> str:
 
 def _sample(argv: list[str]) -> int:
     args = sample_parser().parse_args(argv)
-    from nanogpt.errors import UserError
-
     if args.top_k < 0:
         raise UserError(f"top_k must be >= 0 (0 disables it), got {args.top_k}")
     prompt = _read_prompt(args.start)
 
     import torch
 
-    from nanogpt import common
     from nanogpt.checkpoint import load_model
+    from nanogpt.device import autocast, resolve_device, resolve_dtype
     from nanogpt.sampling import generate_pieces
 
-    device = common.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.init_from == "resume":
         model, tokenizer = load_model(args.out_dir, device)
     else:
         from nanogpt.pretrained import load_pretrained_model
 
         model, tokenizer = load_pretrained_model(args.init_from, device)
-    dtype = common.resolve_dtype("auto", device)
+    dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
     separator = "\n---------------\n"
     out = sys.stdout
     texts = [""] * args.num_samples
-    with common.autocast(device, dtype):
+    with autocast(device, dtype):
         pieces = generate_pieces(
             model, tokenizer.encode, tokenizer.decode, prompt, num_samples=args.num_samples,
             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -227,7 +187,7 @@ def _sample(argv: list[str]) -> int:
 # ---- export ----
 
 def export_main(argv: list[str] | None = None) -> int:
-    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
     return run_guarded(lambda: _export(argv), debug)
 
 

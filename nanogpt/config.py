@@ -2,7 +2,9 @@
 
 A config file is plain Python assignments (`n_layer = 6`). It runs in a fresh namespace;
 every public name it leaves behind must be a TrainConfig field. Command-line overrides come
-as `--key=value` or `--key value` and are converted to the field's type. Standard library only.
+as `--key=value` or `--key value` and are converted to the field's type: int, float, bool,
+str, Optional[...] or a Literal of choices. The lists of choices and the checks of the model's
+shape are the model's and the device module's own; this module only reads them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 
+from nanogpt.device import DType, check_device_name
 from nanogpt.errors import UserError
+from nanogpt.model import Attention, GPTConfig
+from nanogpt.pretrained import GPT2_NAMES
 
 
 class ConfigError(UserError):
@@ -57,7 +62,8 @@ class TrainConfig:
     dropout: float = _f(0.0, "Dropout probability (0 for pretraining, 0.1+ for finetuning).")
     bias: bool = _f(False, "Biases in Linear and LayerNorm layers.")
     vocab_size: typing.Optional[int] = _f(None, "Vocabulary size; None takes the dataset's.")
-    attention: str = _f("auto", "'auto', 'flash' (scaled_dot_product_attention) or 'manual'.")
+    attention: Attention = _f("auto", "'flash' (torch's fused kernel), 'manual' (written out, "
+                              "for reading), 'bmm' (manual in one batched matmul) or 'auto'.")
     fast_dropout: bool = _f(True, "On a CPU, cheap 16-bit dropout masks kept as bool "
                             "(nanogpt.dropout); False: torch's dropout.")
     # optimizer
@@ -74,9 +80,11 @@ class TrainConfig:
     min_lr: float = _f(6e-5, "Learning rate floor after decay.")
     # system
     device: str = _f("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
-    dtype: str = _f("auto", "'auto', 'float32', 'bfloat16' or 'float16' (autocast).")
-    compile: str = _f("auto", "torch.compile: 'auto' (CUDA only: on a 2-core CPU the cold "
-                      "compile took 20-120 s and steps were 0.93-1.18x as fast), True or False.")
+    dtype: DType = _f("auto", "'auto' (bf16 where the device has fast bf16, else float32), "
+                      "'float32', 'bfloat16' or 'float16' (autocast).")
+    compile: typing.Union[bool, typing.Literal["auto"]] = _f(
+        "auto", "torch.compile: 'auto' (CUDA only: on a 2-core CPU the cold compile took "
+        "20-120 s and steps were 0.93-1.18x as fast), True or False.")
     seed: int = _f(1337, "Seed for weights, batches and dropout.")
     activation_checkpointing: bool = _f(False, "Recompute each block in backward: up to a "
                                         "third more compute for much less activation memory.")
@@ -89,15 +97,35 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig of a model trained from scratch with these settings."""
+        return GPTConfig(block_size=self.block_size, vocab_size=self.vocab_size or vocab_size,
+                         n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                         dropout=self.dropout, bias=self.bias, attention=self.attention,
+                         fast_dropout=self.fast_dropout,
+                         activation_checkpointing=self.activation_checkpointing)
 
-INIT_FROM = ("scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+    def runtime_options(self) -> dict:
+        """The model settings that do not touch the weights (model.RUNTIME_FIELDS): they
+        apply to a resumed or pretrained model too."""
+        return dict(dropout=self.dropout, attention=self.attention,
+                    fast_dropout=self.fast_dropout,
+                    activation_checkpointing=self.activation_checkpointing)
 
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the key for any value or combination that cannot work."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+    try:  # the model's own checks: shape, dropout, attention
+        cfg.model_config(vocab_size=1)
+        check_device_name(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
-                "batch_size", "block_size", "n_layer", "n_head", "n_embd")
+                "batch_size")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
@@ -108,15 +136,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"batch_split ({cfg.batch_split}) must not exceed batch_size "
                           f"({cfg.batch_size}): a chunk holds at least one sequence; 0 chooses "
                           f"automatically")
-    if cfg.n_embd % cfg.n_head:
-        raise ConfigError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}); "
-                          f"try n_embd={cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))}")
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{f.name} must be a finite number, got {value}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.vocab_size is not None and cfg.vocab_size < 1:
         raise ConfigError(f"vocab_size must be >= 1 (or None), got {cfg.vocab_size}")
     if cfg.learning_rate <= 0 or cfg.min_lr < 0:
@@ -134,18 +153,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
-    if cfg.init_from not in INIT_FROM and not _is_path(cfg.init_from):
-        raise ConfigError(f"init_from must be one of {', '.join(INIT_FROM)}, or a path to a "
+    starts = ("scratch", "resume") + GPT2_NAMES
+    if cfg.init_from not in starts and not _is_path(cfg.init_from):
+        raise ConfigError(f"init_from must be one of {', '.join(starts)}, or a path to a "
                           f"Hugging Face GPT-2 directory (with a '/'); got {cfg.init_from!r}")
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
-    if cfg.attention not in ("auto", "flash", "manual"):
-        raise ConfigError(f"attention must be auto, flash or manual; got {cfg.attention!r}")
-    if cfg.compile not in ("auto", "True", "False"):
-        raise ConfigError(f"compile must be auto, True or False; got {cfg.compile!r}")
-    dev = cfg.device.split(":")[0]
-    if dev not in ("auto", "cpu", "cuda", "mps"):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
     if not cfg.dataset or os.sep in cfg.dataset:
         raise ConfigError(f"dataset must be a directory name under data_dir, got {cfg.dataset!r}")
 
@@ -168,8 +179,19 @@ def _field_types() -> dict[str, object]:
 def _unwrap_optional(tp) -> tuple[object, bool]:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
+        if len(args) == 1:
+            return args[0], len(args) < len(typing.get_args(tp))
     return tp, False
+
+
+def _choices(tp) -> tuple:
+    """The values a Literal type (or bool | Literal) allows; () for other types."""
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(c for a in typing.get_args(tp) for c in
+                     ((True, False) if a is bool else _choices(a)))
+    return ()
 
 
 def convert(key: str, value: object, from_text: bool = True) -> object:
@@ -177,21 +199,19 @@ def convert(key: str, value: object, from_text: bool = True) -> object:
     (from_text) is parsed; a Python value from a config file must already have the type
     (an int is accepted for a float). Raise ConfigError naming the key on failure."""
     tp, optional = _unwrap_optional(_field_types()[key])
-    if key == "compile":  # 'auto' or a bool, stored as a string
-        if isinstance(value, bool):
-            return str(value)
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return "True"
-        if text in _FALSE:
-            return "False"
-        if text == "auto":
-            return "auto"
-        raise ConfigError(f"compile must be auto, True or False; got {value!r}")
     if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
         if optional:
             return None
         raise ConfigError(f"{key} cannot be None")
+    choices = _choices(tp)
+    if choices:
+        if isinstance(value, str) and True in choices:  # 'False' from text or an old file
+            low = value.strip().lower()
+            value = True if low in _TRUE else False if low in _FALSE else value
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; "
+                              f"got {value!r}")
+        return value
     if isinstance(value, str) and from_text:
         return _parse_str(key, value, tp)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -249,8 +269,8 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
     `--key=value`, `--key value` and, for a bool key, a bare `--key` (meaning True).
     """
-    bool_keys = {f.name for f in fields(TrainConfig) if _field_types()[f.name] is bool}
-    bool_keys.add("compile")  # 'auto', True or False: a bare --compile means True
+    bool_keys = {name for name, tp in _field_types().items()
+                 if tp is bool or True in _choices(tp)}  # a bare --compile means True
     files: list[str] = []
     pairs: list[tuple[str, str]] = []
     i = 0

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.common import mix_seed
 from nanogpt.download import TINY_SHAKESPEARE, download, known_file
 from nanogpt.errors import UserError
 from nanogpt.fileio import atomic_write
+from nanogpt.randomness import mix_seed
 from nanogpt.tokenizer import (  # noqa: F401 - re-exported: nanogpt.data.CharTokenizer
     CharTokenizer,
     GPT2Tokenizer,
@@ -155,27 +155,146 @@ def _read_utf8(path: Path) -> str:
 
 
 PREPARERS = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare}
+DATASET_FILES = ("train.bin", "val.bin", "meta.json")
+CHECKED_NAME = ".checked.json"
+"""Beside the bins: the largest token id of each, by size and mtime, so it is read once."""
 
 
 def ensure_dataset(data_dir: str | os.PathLike, dataset: str) -> Path:
     """Return the dataset directory, preparing a known dataset when it is not ready yet."""
     path = Path(data_dir) / dataset
-    if all((path / f).exists() for f in ("train.bin", "val.bin", "meta.json")):
+    if all((path / f).exists() for f in DATASET_FILES):
         return path
     if dataset in PREPARERS:
         PREPARERS[dataset](path)
         return path
-    missing = [f for f in ("train.bin", "val.bin", "meta.json") if not (path / f).exists()]
+    missing = [f for f in DATASET_FILES if not (path / f).exists()]
     raise UserError(f"dataset {dataset!r} is not prepared: {', '.join(missing)} missing in "
                     f"{path}; run python data/prepare.py --input YOUR_TEXT --out {path}")
 
 
+def _fix(dataset_dir: Path) -> str:
+    """How to rebuild a dataset directory, for error messages."""
+    if dataset_dir.name in PREPARERS:
+        return (f"delete {dataset_dir / 'meta.json'} and run again: train.py prepares "
+                f"{dataset_dir.name} itself")
+    return f"prepare it again: python data/prepare.py --input YOUR_TEXT --out {dataset_dir}"
+
+
 def load_meta(dataset_dir: str | os.PathLike) -> dict:
-    path = Path(dataset_dir) / "meta.json"
+    """meta.json of a dataset, checked: vocab_size, dtype and a tokenizer that fits them."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / "meta.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read dataset metadata {path}: {e}") from None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read dataset metadata {path} ({e.strerror or e})") from None
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); {_fix(dataset_dir)}") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{path} is not a nanogpt dataset's metadata: {problem}; "
+                        f"{_fix(dataset_dir)}")
+    meta.setdefault("dtype", "uint16")  # written before dtype was recorded
+    return meta
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What is wrong with a parsed meta.json, or None."""
+    if not isinstance(meta, dict):
+        return "it holds no JSON object"
+    vocab = meta.get("vocab_size")
+    if type(vocab) is not int or vocab < 1:
+        return f"'vocab_size' must be a whole number >= 1, got {vocab!r}"
+    dtype = meta.get("dtype", "uint16")
+    if dtype not in ("uint16", "uint32"):
+        return f"'dtype' must be 'uint16' or 'uint32', got {dtype!r}"
+    if vocab > np.iinfo(dtype).max + 1:
+        return f"vocab_size {vocab} does not fit the {dtype} token ids"
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict) or "kind" not in tok:
+        return "'tokenizer' must be an object with a 'kind'"
+    if tok["kind"] == "char":
+        chars = tok.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            return "a char tokenizer needs 'chars', a list of strings"
+        if len(chars) != vocab:
+            return f"the char tokenizer has {len(chars)} characters but vocab_size is {vocab}"
+    elif tok["kind"] == "gpt2":
+        if vocab != GPT2Tokenizer.vocab_size:
+            return f"a gpt2 tokenizer has vocab_size {GPT2Tokenizer.vocab_size}, not {vocab}"
+    else:
+        return f"unknown tokenizer kind {tok['kind']!r}"
+    return None
+
+
+def check_token_file(path: Path, dtype: str, vocab_size: int) -> int:
+    """The number of tokens in path, after checking that it holds whole tokens of dtype, all
+    below vocab_size. The largest id is read once, in chunks, and remembered beside the file
+    (CHECKED_NAME) for as long as the file's size and mtime stay the same."""
+    itemsize = np.dtype(dtype).itemsize
+    stat = path.stat()
+    if stat.st_size == 0 or stat.st_size % itemsize:
+        raise UserError(f"{path} holds {stat.st_size} bytes, not a whole number (>= 1) of "
+                        f"{dtype} tokens; it is damaged or not written for this meta.json; "
+                        f"{_fix(path.parent)}")
+    n = stat.st_size // itemsize
+    if vocab_size > np.iinfo(dtype).max:
+        return n  # no id of this dtype can be too large
+    checked_file = path.parent / CHECKED_NAME
+    try:
+        checked = json.loads(checked_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        checked = {}
+    key = [stat.st_size, stat.st_mtime_ns]
+    entry = checked.get(path.name) if isinstance(checked, dict) else None
+    if isinstance(entry, dict) and entry.get("key") == key:
+        largest = entry["max_id"]
+    else:
+        data = np.memmap(path, dtype=dtype, mode="r")
+        step = 1 << 24
+        largest = max(int(data[i:i + step].max()) for i in range(0, n, step))
+        checked = {**(checked if isinstance(checked, dict) else {}),
+                   path.name: {"key": key, "max_id": largest}}
+        text = json.dumps(checked).encode("utf-8")
+        try:
+            atomic_write(checked_file, lambda f: f.write(text))
+        except OSError:
+            pass  # a read-only dataset is checked again next time
+    if largest >= vocab_size:
+        raise UserError(f"{path} holds token id {largest}, but the vocabulary has {vocab_size} "
+                        f"ids (0..{vocab_size - 1}, meta.json); the bins and meta.json come "
+                        f"from different preparations; {_fix(path.parent)}")
+    return n
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset directory whose meta.json and token files have been checked."""
+
+    dir: Path
+    meta: dict
+
+    def sampler(self, split: str, block_size: int, batch_size: int, seed: int,
+                device: str = "cpu") -> "BatchSampler":
+        return BatchSampler(str(self.dir / f"{split}.bin"), block_size, batch_size, seed,
+                            device, self.meta["dtype"])
+
+
+def open_dataset(data_dir: str | os.PathLike, dataset: str, prepare: bool = True) -> Dataset:
+    """The dataset data_dir/dataset, prepared first if it is a known one that is missing (and
+    prepare is True); UserError naming the file and the fix if anything in it is wrong."""
+    path = Path(data_dir) / dataset
+    if prepare:
+        ensure_dataset(data_dir, dataset)
+    elif not all((path / f).exists() for f in DATASET_FILES):
+        raise UserError(f"no prepared dataset at {path} on this node (rank 0 prepared it on "
+                        f"its own): prepare it at the same path on every node, or share the "
+                        f"disk")
+    meta = load_meta(path)
+    for split in ("train", "val"):
+        check_token_file(path / f"{split}.bin", meta["dtype"], meta["vocab_size"])
+    return Dataset(path, meta)
 
 
 # ---- sampling batches ----

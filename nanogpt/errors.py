@@ -1,4 +1,18 @@
-"""Exceptions for user mistakes and stopped runs: the CLI shows them as one line, no traceback."""
+"""What can go wrong for a user, and how entry points show it: one line, no traceback.
+
+Library code raises UserError (a mistake the user can fix, the message says how) or
+TrainingStopped (a run ended on purpose after saving). Entry points wrap their body in
+run_guarded, which prints such errors as one line and returns the exit code; `--debug` or
+NANOGPT_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
@@ -11,3 +25,37 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def debug_requested(argv: list[str]) -> tuple[list[str], bool]:
+    """(argv without --debug, whether --debug or NANOGPT_DEBUG asks for tracebacks)."""
+    debug = os.environ.get("NANOGPT_DEBUG", "") not in ("", "0")
+    rest = [a for a in argv if a != "--debug"]
+    return rest, debug or len(rest) != len(argv)
+
+
+def run_guarded(body: Callable[[], int], debug: bool = False) -> int:
+    """body()'s exit code; UserError, device out-of-memory and Ctrl-C as one line on stderr."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank ends the same way
+    try:
+        return body()
+    except TrainingStopped as e:
+        if rank0:
+            print(str(e), file=sys.stderr)
+        return e.exit_code
+    except (UserError, oom) as e:
+        if debug:
+            raise
+        if isinstance(e, oom):
+            e = UserError("out of memory on the device; lower --batch_size (raise "
+                          "--gradient_accumulation_steps to keep the batch) or --block_size")
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("aborted", file=sys.stderr)
+        return 130

@@ -1,7 +1,8 @@
-"""Crash-safe file writes."""
+"""Crash-safe file writes: a whole new file or none, a whole appended line or none."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,3 +28,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append line + newline to path in one write, whole or not at all: a short or failed
+    write (a full disk) is cut back off before the OSError is raised."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)

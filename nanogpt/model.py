@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,8 +19,9 @@ from torch.utils.checkpoint import checkpoint
 
 from nanogpt.dropout import Dropout
 
-ATTENTION_IMPLS = ("auto", "flash", "manual")
-RUNTIME_FIELDS = ("dropout", "attention", "fast_dropout")
+Attention = typing.Literal["auto", "flash", "manual", "bmm"]
+ATTENTION_IMPLS = typing.get_args(Attention)
+RUNTIME_FIELDS = ("dropout", "attention", "fast_dropout", "activation_checkpointing")
 """GPTConfig fields that do not change the weights: a saved model may load with others."""
 
 
@@ -35,12 +37,17 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     """Biases in Linear and LayerNorm layers (GPT-2 has them; False is a bit faster)."""
-    attention: str = "auto"
-    """'flash' (scaled_dot_product_attention), 'manual' (masked softmax) or 'auto' (fastest)."""
+    attention: Attention = "auto"
+    """How attention is computed (the same function each way): 'flash' (torch's fused
+    scaled_dot_product_attention), 'manual' (the masked softmax written out, for reading),
+    'bmm' (manual with scores and mask in one batched matmul: fast on CPUs) or 'auto'."""
     gelu_approximate: str = "none"
     """MLP activation: 'none' (exact erf GELU) or 'tanh' (OpenAI GPT-2's approximation)."""
     fast_dropout: bool = True
     """On the CPU, draw dropout masks 16 bits at a time (nanogpt.dropout); False: torch's."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input in training and rerun the block in backward (with the
+    same dropout masks): much less activation memory for up to 1.3x the step time."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -88,12 +95,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        # 'auto' takes the fused kernel: on every device we tried it is faster and never
-        # materialises the T x T attention matrix; 'manual' stays for reading and checking.
-        # One exception: with dropout on a CPU the fused kernel is not used anyway, and
-        # SDPA's fallback draws torch's slow masks, so 'auto' trains through the manual path.
-        self.use_flash = config.attention in ("auto", "flash")
-        self.manual_when_dropout_on_cpu = config.attention == "auto" and config.fast_dropout
+        self.attention = config.attention
+        self.fast_dropout = config.fast_dropout
 
     def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -104,31 +107,62 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        y = self._attend(q, k, v)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        path = self.path(q.device)
+        if path == "flash":
+            y = flash_attention(q, k, v, self.dropout if self.training else 0.0)
+        elif path == "bmm":
+            y = bmm_attention(q, k, v, self.attn_dropout)
+        else:
+            y = self.manual_attention(q, k, v)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal attention of q (B, H, Tq, D) over k, v (B, H, Tk, D), Tk >= Tq.
+    def manual_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention written out: q (B, H, Tq, D) over k, v (B, H, Tk, D), Tk >= Tq.
 
-        The queries are the last Tq positions of the Tk keys (a KV cache prefix may come first).
+        The queries are the last Tq of the Tk positions (a KV cache may hold the first ones).
         """
-        Tq, Tk = q.size(-2), k.size(-2)
-        dropout_p = self.dropout if self.training else 0.0
-        manual = not self.use_flash or (dropout_p > 0 and self.manual_when_dropout_on_cpu
-                                        and q.device.type == "cpu")
-        if not manual:
-            if Tq == Tk:
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-            if Tq == 1:  # one new token sees every cached key: no mask needed
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-            mask = _causal_mask(Tq, Tk, q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        # scores + causal bias in one call (B*H, Tq, Tk): q k^T / sqrt(D), -inf above the diagonal
-        att = torch.baddbmm(_causal_bias(Tq, Tk, q), q.flatten(0, 1),
-                            k.flatten(0, 1).transpose(1, 2), alpha=1.0 / math.sqrt(k.size(-1)))
-        att = self.attn_dropout(F.softmax(att, dim=-1))
-        return (att @ v.flatten(0, 1)).view_as(q)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, H, Tq, Tk) scores
+        mask = _causal_mask(q.size(-2), k.size(-2), q.device)  # no looking at the future
+        att = att.masked_fill(~mask, float("-inf"))
+        att = F.softmax(att, dim=-1)  # each row: weights over the past, summing to 1
+        att = self.attn_dropout(att)
+        return att @ v  # (B, H, Tq, D) weighted sums of the values
+
+    def path(self, device: torch.device) -> str:
+        """The attention path this layer takes now: config.attention, with 'auto' resolved.
+
+        'auto' takes the fused kernel, except when training with dropout on a CPU: there the
+        fused kernel refuses dropout and its fallback draws torch's slow masks, so 'bmm'
+        (with nanogpt's cheap dropout) is faster.
+        """
+        if self.attention != "auto":
+            return self.attention
+        if self.training and self.dropout > 0 and self.fast_dropout and device.type == "cpu":
+            return "bmm"
+        return "flash"
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    dropout_p: float) -> torch.Tensor:
+    """manual_attention through torch's fused kernel (it never materialises Tq x Tk)."""
+    Tq, Tk = q.size(-2), k.size(-2)
+    if Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if Tq == 1:  # one new token sees every cached key: no mask needed
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    mask = _causal_mask(Tq, Tk, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def bmm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  dropout: nn.Module) -> torch.Tensor:
+    """manual_attention with the scores, their scale and the causal mask in one call:
+    baddbmm(bias, q, k^T, alpha) = bias + alpha * q @ k^T on (B*H, Tq, Tk)."""
+    att = torch.baddbmm(_causal_bias(q.size(-2), k.size(-2), q), q.flatten(0, 1),
+                        k.flatten(0, 1).transpose(1, 2), alpha=1.0 / math.sqrt(k.size(-1)))
+    att = dropout(F.softmax(att, dim=-1))
+    return (att @ v.flatten(0, 1)).view_as(q)
 
 
 def _torch_at_least(major: int, minor: int) -> bool:
@@ -217,11 +251,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
-        # Activation checkpointing (TrainConfig.activation_checkpointing): keep only each
-        # block's input and rerun the block in backward, with the same dropout masks: much
-        # less activation memory for up to 1.3x the step time. On a CPU the trainer's
-        # batch_split is the cheaper way to bound memory; this is for when one chunk is too big.
-        self.recompute_blocks = False
         # GPT-2: residual projections scaled down so the residual stream does not grow with depth
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
@@ -261,7 +290,10 @@ class GPT(nn.Module):
                              f"{self.config.block_size}")
         pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        recompute = self.recompute_blocks and torch.is_grad_enabled() and kv_caches is None
+        # activation checkpointing: on a CPU the trainer's batch_split is the cheaper way to
+        # bound memory; this is for when one chunk is still too big
+        recompute = (self.config.activation_checkpointing and torch.is_grad_enabled()
+                     and kv_caches is None)
         for i, block in enumerate(self.transformer.h):
             if recompute:  # keep only each block's input; rerun the block in backward
                 x = checkpoint(block, x, use_reentrant=False)
@@ -319,7 +351,7 @@ class GPT(nn.Module):
                      peak_flops: float) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over peak_flops.
 
-        peak_flops comes from nanogpt.common.peak_flops(device, dtype) or a measurement.
+        peak_flops comes from nanogpt.flops.peak_flops(device, dtype) or a measurement.
         """
         return self.flops_per_token() * tokens_per_iter / seconds_per_iter / peak_flops
 

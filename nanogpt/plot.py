@@ -10,8 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from nanogpt.cli import run_guarded
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_guarded
 
 
 def read_evals(path: str | Path) -> list[dict]:

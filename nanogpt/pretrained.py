@@ -151,9 +151,9 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
             raise PretrainedError(f"{path} is damaged or not safetensors ({e})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a refused pickle lands here too
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise PretrainedError(f"{path} cannot be loaded safely as tensors ({first})") from None
+    except Exception:  # noqa: BLE001 - a refused pickle lands here too
+        raise PretrainedError(f"{path} is damaged, or holds more than tensors (it cannot be "
+                              f"loaded safely)") from None
     if not isinstance(state, dict):
         raise PretrainedError(f"{path} does not hold a state dict")
     return state

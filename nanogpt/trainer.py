@@ -1,38 +1,43 @@
-"""The training loop: train(cfg) and the small pieces it is built from."""
+"""The training loop: train(cfg), and the leaves it calls (get_lr, estimate_loss, train_step).
+
+Read train() from top to bottom: set-up, then one loop that evaluates, checkpoints, steps,
+logs and stops. On a GPU a step never waits for the device: the loss and gradient norm stay
+on it and are read at log intervals, evaluations and saves.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nanogpt import common
 from nanogpt.checkpoint import (
     LAST_NAME,
+    CheckpointError,
+    TrainState,
     checkpoint_path,
     load_checkpoint,
-    model_from_checkpoint,
+    model_config,
     newest_checkpoint,
     save_checkpoint,
-    save_run_config,
 )
 from nanogpt.config import TrainConfig, format_config
-from nanogpt.data import (
-    BatchSampler,
-    GPT2Tokenizer,
-    ensure_dataset,
-    load_meta,
-)
+from nanogpt.data import BatchSampler, Dataset, open_dataset
+from nanogpt.device import autocast, resolve_device, resolve_dtype, set_num_threads
+from nanogpt.distributed import DistInfo, max_over_ranks, on_rank0_first, sum_over_ranks
 from nanogpt.errors import TrainingStopped, UserError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.flops import peak_flops
+from nanogpt.model import GPT
+from nanogpt.randomness import mix_seed, seed_everything
+from nanogpt.rundir import RunLock, RunLog, remove_stale_files, save_run_config
+from nanogpt.signals import GracefulStop
+from nanogpt.tokenizer import GPT2Tokenizer
 
 log = logging.getLogger("nanogpt")
 
@@ -46,6 +51,122 @@ CPU_CHUNK_TOKENS = 2048
 class TrainingDiverged(UserError):
     pass
 
+
+@dataclass
+class TrainResult:
+    iter_num: int
+    best_val_loss: float
+    out_dir: str
+    losses: dict[str, float] = field(default_factory=dict)
+    """The last evaluation's mean loss per split."""
+    model: GPT | None = None
+    """The trained model, as it is at the end of the run (in memory)."""
+
+
+def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
+    """Train a GPT as cfg says. User mistakes raise UserError before out_dir changes."""
+    dist = dist or DistInfo()
+    set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    with contextlib.ExitStack() as run:
+        # ---- set-up: lock out_dir, data, model and optimizer (restored when resuming) ----
+        data = on_rank0_first(lambda: _claim(run, cfg), dist, device,
+                              "lock out_dir and prepare the dataset")
+        if data is None:  # another rank: rank 0 prepared it
+            data = open_dataset(cfg.data_dir, cfg.dataset, prepare=False)
+        train_data = data.sampler("train", cfg.block_size, cfg.batch_size, cfg.seed, device)
+        eval_data = {s: data.sampler(s, cfg.block_size, cfg.batch_size, cfg.seed + 1 + i, device)
+                     for i, s in enumerate(("train", "val"))}
+        ckpt, resumed_from = read_start_checkpoint(cfg, data)
+        state = build_state(cfg, data, ckpt, device, dtype)
+        del ckpt  # its tensors now live in the state
+        model = wrap_model(state.model, cfg, dist, device)
+        eval_model = model.module if dist.enabled else model  # no gradient sync in eval
+        split = resolve_batch_split(cfg, device)
+        ctx = autocast(device, dtype)
+        tokens_per_iter = (cfg.gradient_accumulation_steps * dist.world_size * cfg.batch_size
+                           * cfg.block_size)
+        if dist.is_master:
+            remove_stale_files(cfg.out_dir)
+            if cfg.init_from != "resume":  # an older run's; --overwrite was given
+                (Path(cfg.out_dir) / LAST_NAME).unlink(missing_ok=True)
+            save_run_config(cfg.out_dir, cfg.to_dict())
+        jlog = RunLog(cfg.out_dir if dist.is_master else None, append=cfg.init_from == "resume")
+        _log_start(cfg, state, device, dtype, dist, tokens_per_iter, split, resumed_from, jlog)
+        clock_start = time.time() - state.elapsed  # elapsed counts on across resumes
+        watch = DivergenceWatch(device)
+        peak = peak_flops(device, dtype)
+        last_good = f"{resumed_from} (iter {state.iter_num})" if resumed_from else "none yet"
+        stop = run.enter_context(GracefulStop())
+        bar = run.enter_context(_progress_bar(cfg, state.iter_num, dist))
+        losses: dict[str, float] = {}
+        t_log, steps_since_log = time.perf_counter(), 0
+
+        # ---- the loop ----
+        while True:
+            # evaluate, and checkpoint what improved
+            if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters \
+                    or cfg.eval_only:
+                watch.check(dist, last_good)
+                losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split)
+                log.info("step %d: train loss %.4f, val loss %.4f", state.iter_num,
+                         losses["train"], losses["val"])
+                jlog.write(event="eval", iter=state.iter_num, train_loss=losses["train"],
+                           val_loss=losses["val"], time=time.time(),
+                           elapsed=time.time() - clock_start)
+                improved = losses["val"] < state.best_val_loss
+                state.best_val_loss = min(state.best_val_loss, losses["val"])
+                if state.iter_num > 0 and (improved or cfg.always_save_checkpoint) \
+                        and not cfg.eval_only:
+                    last_good = save(state, checkpoint_path(cfg.out_dir), clock_start, dist,
+                                     jlog, "eval", last_good)
+                t_log, steps_since_log = time.perf_counter(), 0  # eval time is not step time
+            if state.iter_num >= cfg.max_iters or cfg.eval_only:
+                break
+
+            # one optimizer step
+            lr = get_lr(state.iter_num, cfg)
+            batches = micro_batches(train_data, cfg.seed, state.iter_num,
+                                    cfg.gradient_accumulation_steps, dist)
+            loss, grad_norm = train_step(model, state.optimizer, batches, lr=lr,
+                                         grad_clip=cfg.grad_clip, chunks=split, ctx=ctx,
+                                         scaler=state.scaler)
+            watch.record(state.iter_num, loss, grad_norm, state.scaler is not None)
+            state.iter_num += 1
+            steps_since_log += 1
+            bar.update(1)
+
+            # log: the step's one wait for the device
+            at_log = state.iter_num % cfg.log_interval == 0
+            if at_log:
+                watch.check(dist, last_good)
+                dt = (time.perf_counter() - t_log) / steps_since_log
+                t_log, steps_since_log = time.perf_counter(), 0
+                lossf = sum_over_ranks(loss.detach().clone(), dist).item() / dist.world_size
+                record = dict(event="train", iter=state.iter_num - 1, loss=lossf, lr=lr,
+                              grad_norm=grad_norm.item(), ms=dt * 1000,
+                              tok_per_s=tokens_per_iter / dt, elapsed=time.time() - clock_start)
+                if peak:
+                    record["mfu"] = state.model.estimate_mfu(tokens_per_iter, dt, peak)
+                jlog.write(**record)
+                _show_step(bar, record)
+
+            # stop on Ctrl-C / SIGTERM (under DDP all ranks agree at log intervals)
+            if stop_requested(stop, dist, device, at_log):
+                path = checkpoint_path(cfg.out_dir)
+                if not cfg.always_save_checkpoint:  # ckpt.pt is the best model: keep it
+                    path = path.with_name(LAST_NAME)
+                watch.check(dist, last_good)
+                save(state, path, clock_start, dist, jlog, "signal", last_good)
+                signum = stop.signum or signal.SIGTERM
+                raise TrainingStopped(f"stopped by {stop.name()}: checkpoint saved to {path} at "
+                                      f"iter {state.iter_num}; resume with the same command "
+                                      f"plus --init_from=resume", 128 + signum)
+    return TrainResult(state.iter_num, state.best_val_loss, cfg.out_dir, losses, state.model)
+
+
+# ---- the leaves of one step ----
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
     """Linear warmup (never 0 at step 0), cosine decay to min_lr, then min_lr."""
@@ -61,14 +182,20 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def resolve_batch_split(cfg: TrainConfig, device: str) -> int:
-    """cfg.batch_split, or for 0: on a CPU the fewest chunks of <= CPU_CHUNK_TOKENS (at
-    least one sequence each), elsewhere 1."""
-    if cfg.batch_split:
-        return cfg.batch_split
-    if not device.startswith("cpu"):
-        return 1
-    return min(cfg.batch_size, -(-cfg.batch_size * cfg.block_size // CPU_CHUNK_TOKENS))
+def micro_batches(sampler: BatchSampler, seed: int, step: int, accum: int, dist: DistInfo
+                  ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """This rank's (x, y, dropout seed) for each micro-step of step.
+
+    Micro-step m of rank r is global micro-step m * world_size + r: the batch and the dropout
+    seed depend on (seed, step, global micro-step) alone, so a resumed run, and the same run
+    on any number of ranks, draw the same batches and masks.
+    """
+    out = []
+    for micro in range(accum):
+        global_micro = micro * dist.world_size + dist.rank
+        x, y = sampler.get_batch(step, global_micro)
+        out.append((x, y, mix_seed(seed, step, global_micro)))
+    return out
 
 
 def batch_chunks(x: torch.Tensor, y: torch.Tensor, chunks: int):
@@ -78,16 +205,53 @@ def batch_chunks(x: torch.Tensor, y: torch.Tensor, chunks: int):
         yield xc, yc, xc.size(0) / x.size(0)
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batches: list[tuple[torch.Tensor, torch.Tensor, int]], *, lr: float,
+               grad_clip: float, chunks: int = 1, ctx=contextlib.nullcontext(),
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step: forward and backward over the micro-batches (each as `chunks`
+    chunks), clip, update. Returns (mean loss, gradient norm) as tensors on the device.
+
+    Each chunk's loss is weighted by its share of the batch: without dropout the gradient is
+    the whole batch's (up to float rounding); with dropout each chunk draws its own masks, so
+    it is the same in distribution. Under DDP, gradients are all-reduced once, in the
+    backward of the last chunk. grad_clip 0 measures the norm without clipping.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    no_sync = getattr(model, "no_sync", None)  # DDP
+    loss_sum = None
+    for i, (x, y, seed) in enumerate(batches):
+        torch.manual_seed(seed)  # this micro-step's dropout masks
+        for j, (xc, yc, weight) in enumerate(batch_chunks(x, y, chunks)):
+            last = i == len(batches) - 1 and j == chunks - 1
+            with (contextlib.nullcontext() if last or no_sync is None else no_sync()):
+                with ctx:
+                    _, loss = model(xc, yc)
+                    loss = loss * (weight / len(batches))
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    if scaler:
+        scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
-                  ctx, dist: common.DistInfo, batch_split: int = 1) -> dict[str, float]:
+                  ctx=contextlib.nullcontext(), dist: DistInfo = DistInfo(),
+                  chunks: int = 1) -> dict[str, float]:
     """Mean loss over eval_iters fixed batches per split, shared out among the ranks.
 
     Eval batches come from their own seeded stream: they never move the training stream or
     the global RNG, and every eval sees the same batches, so evals compare like with like.
     Rank r takes batches r, r + world_size, ...: any world size averages the same batches.
-    Pass the unwrapped model: evaluation needs no gradient sync. Each batch runs as
-    batch_split chunks (see TrainConfig.batch_split).
     """
     was_training = model.training
     model.eval()
@@ -96,183 +260,113 @@ def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eva
         total = torch.zeros((), device=sampler.device)
         for k in range(dist.rank, eval_iters, dist.world_size):
             x, y = sampler.get_batch(k)
-            for xc, yc, weight in batch_chunks(x, y, batch_split):
+            for xc, yc, weight in batch_chunks(x, y, chunks):
                 with ctx:
                     _, loss = model(xc, yc)
                 total += loss.float() * weight
-        if dist.enabled:
-            torch.distributed.all_reduce(total)  # SUM: gloo has no AVG
-        out[split] = (total / eval_iters).item()
+        out[split] = (sum_over_ranks(total, dist) / eval_iters).item()
     model.train(was_training)
     return out
 
 
-class GracefulStop:
-    """First SIGINT/SIGTERM sets `signum` (training saves and stops after the current step);
-    a second SIGINT raises KeyboardInterrupt at once."""
+class DivergenceWatch:
+    """The first step whose loss or gradient norm was not finite, remembered on the device.
 
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+    record() costs no wait for the device; check() reads it (at log intervals, evaluations
+    and saves) and stops the run naming that step and the last good checkpoint. Non-finite
+    weights are thus never saved. An fp16 overflow of the gradient is not divergence: the
+    GradScaler skips that update.
+    """
 
-    def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def __init__(self, device: str):
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.values = torch.zeros(2, device=device)  # its loss and gradient norm
 
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor,
+               scaled: bool = False) -> None:
+        bad = ~torch.isfinite(loss) if scaled else ~(torch.isfinite(loss)
+                                                      & torch.isfinite(grad_norm))
+        first = bad & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.values = torch.where(first, torch.stack([loss.float(), grad_norm.float()]),
+                                  self.values)
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: finishing this step and saving a checkpoint "
-                    "(Ctrl-C again to abort at once)", signal.Signals(signum).name)
-
-
-@dataclass
-class TrainResult:
-    iter_num: int
-    best_val_loss: float
-    out_dir: str
-    losses: dict[str, float] = field(default_factory=dict)
+    def check(self, dist: DistInfo, last_good: str) -> None:
+        step = max_over_ranks(self.step.clone(), dist).item()
+        if step >= 0:
+            loss, norm = self.values.tolist()
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
+            raise TrainingDiverged(f"{what} at iter {step}; training stopped and the "
+                                   f"weights since are not saved; last good checkpoint: "
+                                   f"{last_good}")
 
 
-class JsonlLog:
-    """Machine-readable log: one JSON object per line in out_dir/log.jsonl (rank 0 only)."""
-
-    def __init__(self, path: Path | None, append: bool):
-        self.file = open(path, "a" if append else "w", encoding="utf-8") if path else None
-
-    def write(self, **record) -> None:
-        if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-
-
-@dataclass
-class Run:
-    """Everything train() resolves before the first step."""
-
-    cfg: TrainConfig
-    dist: common.DistInfo
-    device: str
-    dtype: str
-    compile: bool
-    tokenizer_meta: dict
-    vocab_size: int
-    train_sampler: BatchSampler
-    eval_samplers: dict[str, BatchSampler]
-    ckpt: dict | None = None
-    ckpt_source: Path | None = None
-    """The file ckpt was read from, when resuming."""
-    started: float = field(default_factory=time.time)
-    """Unix time the run was set up; log records carry `elapsed`, the seconds since then."""
-    pretrained: str | None = None
-    """The GPT-2 name or directory the weights started from (kept across resumes)."""
-    batch_split: int = 1
-    """Chunks each micro-batch runs as (cfg.batch_split resolved for the device)."""
-
-    @property
-    def ckpt_path(self) -> Path:
-        return checkpoint_path(self.cfg.out_dir)
-
-    @property
-    def tokens_per_iter(self) -> int:
-        cfg = self.cfg
-        return (cfg.gradient_accumulation_steps * self.dist.world_size * cfg.batch_size
-                * cfg.block_size)
+def save(state: TrainState, path: Path, clock_start: float, dist: DistInfo, jlog: RunLog,
+         reason: str, last_good: str) -> str:
+    """Write state to path (rank 0) and log it; return the new last-good description.
+    A failed write stops the run, naming the last good checkpoint."""
+    if dist.is_master:
+        if not all(torch.isfinite(p).all() for p in state.model.parameters()):
+            raise TrainingDiverged(f"refusing to save non-finite weights at iter "
+                                   f"{state.iter_num}; last good checkpoint: {last_good}")
+        state.elapsed = time.time() - clock_start
+        try:
+            save_checkpoint(path, state.to_checkpoint())
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; the last good checkpoint is {last_good}; make room "
+                                  f"and resume with --init_from=resume") from None
+        jlog.write(event="checkpoint", iter=state.iter_num, reason=reason, path=str(path))
+    return f"{path} (iter {state.iter_num})"
 
 
-def prepare_run(cfg: TrainConfig, dist: common.DistInfo) -> Run:
-    """Resolve device, dtype, data and checkpoint; raise UserError before touching out_dir."""
-    device = common.resolve_device(cfg.device)
-    dtype = common.resolve_dtype(cfg.dtype, device)
-    use_compile = cfg.compile == "True" or (cfg.compile == "auto" and device.startswith("cuda"))
-    ddir = _ensure_dataset_once(cfg, dist, device)
-    meta = load_meta(ddir)
+def stop_requested(stop: GracefulStop, dist: DistInfo, device: str, agree: bool) -> bool:
+    """Whether a signal asks to stop now. Every rank must stop at the same step, or the others
+    would wait in a collective: under DDP ranks agree only when `agree` (at log intervals)."""
+    if not dist.enabled:
+        return stop.signum is not None
+    if not agree:
+        return False
+    flag = max_over_ranks(torch.tensor([stop.signum or 0], device=device), dist).item()
+    if flag and stop.signum is None:
+        stop.signum = int(flag)
+    return bool(flag)
+
+
+# ---- set-up ----
+
+def _claim(run: contextlib.ExitStack, cfg: TrainConfig) -> Dataset:
+    """Rank 0's part of set-up: lock out_dir for this run, prepare and check the dataset."""
+    run.enter_context(RunLock(cfg.out_dir))
+    return open_dataset(cfg.data_dir, cfg.dataset)
+
+
+def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None, Path | None]:
+    """(checkpoint, its path) to resume from, or (None, None) for a fresh run; UserError when
+    the run cannot start as asked (nothing to resume, another shape or tokenizer, a scratch
+    run over an existing checkpoint, a GPT-2 start on a dataset of other tokens)."""
+    meta = data.meta
     if cfg.vocab_size is not None and cfg.vocab_size != meta["vocab_size"]:
         raise UserError(f"vocab_size {cfg.vocab_size} does not match the dataset's "
-                        f"{meta['vocab_size']} ({ddir / 'meta.json'}); drop --vocab_size")
-    pretrained = None if cfg.init_from in ("scratch", "resume") else cfg.init_from
-    if pretrained is not None:
-        _check_gpt2_dataset(cfg, meta, ddir)
-    samplers = {}
-    for i, split in enumerate(("train", "val")):
-        samplers[split] = BatchSampler(str(ddir / f"{split}.bin"), cfg.block_size,
-                                       cfg.batch_size, cfg.seed + 1 + i, device,
-                                       meta.get("dtype", "uint16"))
-    train_sampler = BatchSampler(samplers["train"].path, cfg.block_size, cfg.batch_size,
-                                 cfg.seed, device, samplers["train"].dtype)
-    ckpt_file = checkpoint_path(cfg.out_dir)
-    ckpt, source = None, None
-    if cfg.init_from == "resume":
-        source = newest_checkpoint(cfg.out_dir)
-        if source is None:
-            raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_file}; "
-                            f"check --out_dir or start with --init_from=scratch")
-        ckpt = load_checkpoint(source)
-        _check_same_shape(ckpt, cfg, meta["vocab_size"])
-        if ckpt.get("tokenizer") != meta["tokenizer"]:
-            raise UserError(f"cannot resume: dataset {cfg.dataset!r} uses another tokenizer or "
-                            f"vocabulary than the checkpoint {source}; pass the --dataset it "
-                            f"was trained on")
-        pretrained = ckpt.get("pretrained")
-    elif newest_checkpoint(cfg.out_dir) is not None and not cfg.overwrite:
-        raise UserError(f"{newest_checkpoint(cfg.out_dir)} already exists; resume it with "
-                        f"--init_from=resume, choose another --out_dir, or pass --overwrite "
-                        f"to replace it")
-    return Run(cfg, dist, device, dtype, use_compile, meta["tokenizer"], meta["vocab_size"],
-               train_sampler, samplers, ckpt, source, pretrained=pretrained,
-               batch_split=resolve_batch_split(cfg, device))
-
-
-def _check_gpt2_dataset(cfg: TrainConfig, meta: dict, ddir: Path) -> None:
-    kind = meta["tokenizer"].get("kind")
-    if kind != "gpt2":
-        raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, "
-                        f"but {ddir} uses the {kind!r} tokenizer; run python data/prepare.py "
-                        f"--input YOUR_TEXT --tokenizer gpt2 --out {Path(cfg.data_dir) / 'NAME'}"
-                        f" and pass --dataset NAME")
-
-
-def _ensure_dataset_once(cfg: TrainConfig, dist: common.DistInfo, device: str) -> Path:
-    """Rank 0 prepares the dataset while the other ranks wait; then every rank reads it.
-
-    The wait is a broadcast of rank 0's outcome, so a failed preparation ends every rank
-    with an error instead of leaving the others waiting on files that never come.
-    """
-    if not dist.enabled:
-        return ensure_dataset(cfg.data_dir, cfg.dataset)
-    ddir, error = Path(cfg.data_dir) / cfg.dataset, None
-    if dist.is_master:
-        try:
-            ensure_dataset(cfg.data_dir, cfg.dataset)
-        except Exception as e:  # noqa: BLE001 - re-raised below, once the others know
-            error = e
-    failed = torch.tensor([int(error is not None)], device=device)
-    torch.distributed.broadcast(failed, src=0)
-    if error is not None:
-        raise error
-    if failed.item():
-        raise UserError(f"rank 0 could not prepare dataset {cfg.dataset!r}; see its error")
-    if not (ddir / "meta.json").is_file():
-        raise UserError(f"rank {dist.rank} finds no dataset at {ddir} (rank 0 prepared "
-                        f"it): prepare it at the same path on every node, or share the disk")
-    return ddir
-
-
-def _check_same_shape(ckpt: dict, cfg: TrainConfig, vocab_size: int) -> None:
-    saved = ckpt["model_args"]
-    wanted = {k: getattr(cfg, k) for k in SHAPE_KEYS}
-    wanted["vocab_size"] = cfg.vocab_size or vocab_size
+                        f"{meta['vocab_size']} ({data.dir / 'meta.json'}); drop --vocab_size")
+    existing = newest_checkpoint(cfg.out_dir)
+    if cfg.init_from != "resume":
+        if existing is not None and not cfg.overwrite:
+            raise UserError(f"{existing} already exists; resume it with --init_from=resume, "
+                            f"choose another --out_dir, or pass --overwrite to replace it")
+        if cfg.init_from != "scratch" and meta["tokenizer"]["kind"] != "gpt2":
+            raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 "
+                            f"BPE, but {data.dir} uses the {meta['tokenizer']['kind']!r} "
+                            f"tokenizer; run python data/prepare.py --input YOUR_TEXT "
+                            f"--tokenizer gpt2 --out {Path(cfg.data_dir) / 'NAME'} and pass "
+                            f"--dataset NAME")
+        return None, None
+    if existing is None:
+        raise UserError(f"init_from=resume but there is no checkpoint at "
+                        f"{checkpoint_path(cfg.out_dir)}; check --out_dir or start with "
+                        f"--init_from=scratch")
+    ckpt = load_checkpoint(existing)
+    saved, wanted = ckpt["model_args"], {k: getattr(cfg, k) for k in SHAPE_KEYS}
+    wanted["vocab_size"] = cfg.vocab_size or meta["vocab_size"]
     # a finetuned GPT-2 has GPT-2's shape whatever n_layer etc. say, as when it started
     keys = ("block_size", "vocab_size") if ckpt.get("pretrained") else SHAPE_KEYS
     diff = [f"{k}={wanted[k]!r} (checkpoint has {saved[k]!r})" for k in keys
@@ -280,28 +374,40 @@ def _check_same_shape(ckpt: dict, cfg: TrainConfig, vocab_size: int) -> None:
     if diff:
         raise UserError("cannot resume: the model shape differs from the checkpoint: "
                         + ", ".join(diff) + "; use the checkpoint's values")
+    if ckpt.get("tokenizer") != meta["tokenizer"]:
+        raise UserError(f"cannot resume: dataset {cfg.dataset!r} uses another tokenizer or "
+                        f"vocabulary than the checkpoint {existing}; pass the --dataset it "
+                        f"was trained on")
+    return ckpt, existing
 
 
-def build_model(run: Run) -> GPT:
-    cfg = run.cfg
-    if run.ckpt is not None:
-        model = model_from_checkpoint(run.ckpt, dropout=cfg.dropout, attention=cfg.attention,
-                                      fast_dropout=cfg.fast_dropout)
-    elif run.pretrained is not None:
-        model = pretrained_model(run.pretrained, cfg)
+def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
+                dtype: str) -> TrainState:
+    """Model, optimizer and GradScaler on device, restored from ckpt when resuming."""
+    seed_everything(cfg.seed)
+    pretrained = None if cfg.init_from in ("scratch", "resume") else cfg.init_from
+    if ckpt is not None:
+        model = GPT(model_config(ckpt, **cfg.runtime_options()))
+    elif pretrained is not None:
+        model = pretrained_model(pretrained, cfg)
     else:
-        model = GPT(GPTConfig(block_size=cfg.block_size,
-                              vocab_size=cfg.vocab_size or run.vocab_size,
-                              n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                              dropout=cfg.dropout, bias=cfg.bias, attention=cfg.attention,
-                              fast_dropout=cfg.fast_dropout))
-    return model.to(run.device)
+        model = GPT(cfg.model_config(data.meta["vocab_size"]))
+    model.to(device)
+    kind = device.split(":")[0]
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
+                                           (cfg.beta1, cfg.beta2), kind)
+    scaler = torch.amp.GradScaler(kind) if dtype == "float16" else None
+    state = TrainState(model, optimizer, scaler, config=cfg.to_dict(),
+                       tokenizer=data.meta["tokenizer"], pretrained=pretrained)
+    if ckpt is not None:
+        state.restore(ckpt)
+    return state
 
 
 def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
-    """GPT-2 weights with cfg's dropout, cropped to cfg.block_size; other shape keys ignored."""
-    model = GPT.from_pretrained(name_or_path, dropout=cfg.dropout, attention=cfg.attention,
-                                fast_dropout=cfg.fast_dropout)
+    """GPT-2 weights with cfg's runtime options, cropped to cfg.block_size; other shape keys
+    are GPT-2's own."""
+    model = GPT.from_pretrained(name_or_path, **cfg.runtime_options())
     mc = model.config
     if mc.vocab_size != GPT2Tokenizer.vocab_size:
         raise UserError(f"{name_or_path} has vocab_size {mc.vocab_size}, not GPT-2's "
@@ -316,259 +422,59 @@ def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
     return model
 
 
-@dataclass
-class Stepper:
-    """The model, optimizer and settings of a run: step(iter_num) is one optimizer step."""
-
-    run: Run
-    raw_model: GPT  # the plain module: what is saved and clipped
-    model: torch.nn.Module  # what runs forward: maybe compiled, maybe DDP-wrapped
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-
-    @property
-    def eval_model(self) -> torch.nn.Module:  # compiled, not DDP-wrapped: no gradient sync
-        return self.model.module if self.run.dist.enabled else self.model
-
-    def step(self, iter_num: int) -> tuple[float, float]:
-        """Accumulate gradients over the micro-batches of iter_num, clip, update.
-
-        Each micro-batch runs as run.batch_split chunks, each loss weighted by its share of
-        the batch: without dropout the gradient is the whole batch's (up to float rounding);
-        with dropout each chunk draws its own masks, so it is the same only in distribution.
-        Returns (loss averaged over micro-batches and ranks, learning rate). A non-finite
-        loss, or gradient norm (other than an fp16 overflow the GradScaler skips), raises
-        TrainingDiverged before the weights change.
-        """
-        cfg, dist, run = self.run.cfg, self.run.dist, self.run
-        lr = get_lr(iter_num, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        accum, split, scaler = cfg.gradient_accumulation_steps, run.batch_split, self.scaler
-        ctx = common.autocast(run.device, run.dtype)
-        loss_sum = torch.zeros((), device=run.device)
-        for micro in range(accum):
-            global_micro = micro * dist.world_size + dist.rank
-            x, y = run.train_sampler.get_batch(iter_num, global_micro)
-            common.seed_micro_step(cfg.seed, iter_num, global_micro)
-            for chunk, (xc, yc, weight) in enumerate(batch_chunks(x, y, split)):
-                sync = not dist.enabled or (micro == accum - 1 and chunk == split - 1)
-                with (contextlib.nullcontext() if sync else self.model.no_sync()):
-                    with ctx:
-                        _, loss = self.model(xc, yc)
-                        loss = loss * (weight / accum)
-                    (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += loss.detach()
-        if scaler:
-            scaler.unscale_(self.optimizer)
-        # with grad_clip 0 the norm is still measured (clipping at inf changes nothing)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
-                                                   cfg.grad_clip or float("inf")).item()
-        lossf = _mean_over_ranks(loss_sum, dist).item()  # the same on every rank
-        if not math.isfinite(lossf) or (not math.isfinite(grad_norm) and scaler is None):
-            what = f"loss is {lossf}" if not math.isfinite(lossf) else \
-                f"gradient norm is {grad_norm}"
-            raise TrainingDiverged(f"{what} at iter {iter_num}; training stopped before the "
-                                   f"update")
-        if scaler:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return lossf, lr
-
-
-def build_stepper(run: Run) -> tuple[Stepper, int, float]:
-    """Model, optimizer and GradScaler for run, restored from its checkpoint when resuming.
-
-    Returns (stepper, first iteration, best val loss so far).
-    """
-    cfg, dist = run.cfg, run.dist
-    common.seed_everything(cfg.seed)
-    raw_model = build_model(run)
-    raw_model.recompute_blocks = cfg.activation_checkpointing
-    kind = run.device.split(":")[0]
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                               (cfg.beta1, cfg.beta2), kind)
-    scaler = torch.amp.GradScaler(kind) if run.dtype == "float16" else None
-    iter_num, best_val_loss = 0, float("inf")
-    if run.ckpt is not None:
-        optimizer.load_state_dict(run.ckpt["optimizer"])
-        if scaler is not None and run.ckpt.get("scaler"):
-            scaler.load_state_dict(run.ckpt["scaler"])
-        iter_num, best_val_loss = run.ckpt["iter_num"], run.ckpt["best_val_loss"]
-        common.set_rng_state(run.ckpt["rng"])
-        run.started -= run.ckpt.get("elapsed", 0.0)  # elapsed counts on across resumes
-        run.ckpt = None  # free the memory
-    model: torch.nn.Module = raw_model
-    if run.compile:
+def wrap_model(model: GPT, cfg: TrainConfig, dist: DistInfo, device: str) -> torch.nn.Module:
+    """What runs forward: model, compiled when asked, DDP-wrapped under torchrun. The plain
+    model stays what is saved."""
+    if cfg.compile is True or (cfg.compile == "auto" and device.startswith("cuda")):
         log.info("compiling the model with torch.compile")
         model = torch.compile(model)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[run.device] if run.device.startswith("cuda") else None)
-    return Stepper(run, raw_model, model, optimizer, scaler), iter_num, best_val_loss
+
+        model = DDP(model, device_ids=[device] if device.startswith("cuda") else None)
+    return model
 
 
-def make_checkpoint(stepper: Stepper, iter_num: int, best_val_loss: float) -> dict:
-    run, raw_model = stepper.run, stepper.raw_model
-    return {
-        "model": raw_model.state_dict(),
-        "optimizer": stepper.optimizer.state_dict(),
-        "scaler": stepper.scaler.state_dict() if stepper.scaler is not None else None,
-        "model_args": {k: getattr(raw_model.config, k) for k in GPTConfig.__dataclass_fields__},
-        "config": run.cfg.to_dict(),
-        "tokenizer": run.tokenizer_meta,
-        "pretrained": run.pretrained,
-        "iter_num": iter_num,
-        "best_val_loss": best_val_loss,
-        "elapsed": time.time() - run.started,
-        "rng": common.get_rng_state(),
-    }
+def resolve_batch_split(cfg: TrainConfig, device: str) -> int:
+    """cfg.batch_split, or for 0: on a CPU the fewest chunks of <= CPU_CHUNK_TOKENS (at
+    least one sequence each), elsewhere 1."""
+    if cfg.batch_split:
+        return cfg.batch_split
+    if not device.startswith("cpu"):
+        return 1
+    return min(cfg.batch_size, -(-cfg.batch_size * cfg.block_size // CPU_CHUNK_TOKENS))
 
 
-def all_finite(model: torch.nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in model.parameters())
+# ---- what the user sees ----
 
-
-def train(cfg: TrainConfig, dist: common.DistInfo | None = None) -> TrainResult:
-    """Train a GPT as cfg says. User mistakes raise UserError before out_dir is touched."""
-    dist = dist or common.DistInfo()
-    threads = common.default_num_threads(cfg.num_threads)
-    if threads:
-        torch.set_num_threads(threads)
-    run = prepare_run(cfg, dist)
+def _log_start(cfg: TrainConfig, state: TrainState, device: str, dtype: str, dist: DistInfo,
+               tokens_per_iter: int, split: int, resumed_from: Path | None,
+               jlog: RunLog) -> None:
+    compiled = cfg.compile is True or (cfg.compile == "auto" and device.startswith("cuda"))
     log.info("config:\n%s\n  (resolved: device=%s dtype=%s compile=%s world_size=%d)",
-             format_config(cfg), run.device, run.dtype, run.compile, dist.world_size)
+             format_config(cfg), device, dtype, compiled, dist.world_size)
     log.info("tokens per iteration: %d (batch_size %d x block_size %d x grad accum %d x "
-             "world size %d)", run.tokens_per_iter, cfg.batch_size, cfg.block_size,
+             "world size %d)", tokens_per_iter, cfg.batch_size, cfg.block_size,
              cfg.gradient_accumulation_steps, dist.world_size)
-    if run.batch_split > 1:
+    if split > 1:
         log.info("each batch runs as %d chunks of about %d sequences (batch_split: less "
-                 "memory, same update)", run.batch_split,
-                 round(cfg.batch_size / run.batch_split))
-    resumed_from = run.ckpt_source
-    stepper, iter_num, best_val_loss = build_stepper(run)
-    log.info("number of parameters: %.2fM", stepper.raw_model.get_num_params() / 1e6)
-    if dist.is_master:
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.pt.tmp-*"):  # left by a save that was killed
-            stale.unlink(missing_ok=True)
-        if cfg.init_from != "resume":
-            (out / LAST_NAME).unlink(missing_ok=True)  # an older run's; --overwrite was given
-        save_run_config(cfg.out_dir, cfg.to_dict())
-    jlog = JsonlLog(Path(cfg.out_dir) / "log.jsonl" if dist.is_master else None,
-                    append=cfg.init_from == "resume")
+                 "memory, same update)", split, round(cfg.batch_size / split))
+    log.info("number of parameters: %.2fM", state.model.get_num_params() / 1e6)
     if resumed_from is not None:
-        log.info("resuming from %s at iteration %d", resumed_from, iter_num)
-        jlog.write(event="resume", iter=iter_num, checkpoint=str(resumed_from))
-    try:
-        with GracefulStop() as stop:
-            return _loop(stepper, iter_num, best_val_loss, jlog, stop)
-    finally:
-        jlog.close()
+        log.info("resuming from %s at iteration %d", resumed_from, state.iter_num)
+        jlog.write(event="resume", iter=state.iter_num, checkpoint=str(resumed_from))
 
 
-def _loop(stepper: Stepper, iter_num: int, best_val_loss: float, jlog: JsonlLog,
-          stop: GracefulStop) -> TrainResult:
-    run = stepper.run
-    cfg, dist = run.cfg, run.dist
-    peak = common.peak_flops(run.device, run.dtype)
-    losses: dict[str, float] = {}
-    last_good = "none yet"
-
-    def save(path: Path, reason: str) -> None:
-        nonlocal last_good
-        if not dist.is_master:
-            return
-        if not all_finite(stepper.raw_model):
-            raise TrainingDiverged(f"refusing to save non-finite weights at iter {iter_num}")
-        save_checkpoint(path, make_checkpoint(stepper, iter_num, best_val_loss))
-        last_good = f"{path} (iter {iter_num})"
-        jlog.write(event="checkpoint", iter=iter_num, reason=reason, path=str(path))
-
+def _progress_bar(cfg: TrainConfig, start: int, dist: DistInfo):
     from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not dist.is_master or None,
-               dynamic_ncols=True, unit="it")
-    try:
-        t_last = time.perf_counter()
-        while True:
-            if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-                losses = estimate_loss(stepper.eval_model, run.eval_samplers, cfg.eval_iters,
-                                       common.autocast(run.device, run.dtype), dist,
-                                       run.batch_split)
-                log.info("step %d: train loss %.4f, val loss %.4f", iter_num, losses["train"],
-                         losses["val"])
-                jlog.write(event="eval", iter=iter_num, train_loss=losses["train"],
-                           val_loss=losses["val"], time=time.time(),
-                           elapsed=time.time() - run.started)
-                improved = losses["val"] < best_val_loss
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > 0 and (improved or cfg.always_save_checkpoint) \
-                        and not cfg.eval_only:
-                    save(run.ckpt_path, "eval")
-                t_last = time.perf_counter()  # do not count eval time in the step time
-            if iter_num >= cfg.max_iters or cfg.eval_only:
-                break
 
-            try:
-                lossf, lr = stepper.step(iter_num)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(f"{e}; last good checkpoint: {last_good}") from None
-            iter_num += 1
-
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            bar.update(1)
-            if iter_num % cfg.log_interval == 0 and dist.is_master:
-                tok_s = run.tokens_per_iter / dt
-                record = dict(event="train", iter=iter_num - 1, loss=lossf, lr=lr,
-                              ms=dt * 1000, tok_per_s=tok_s,
-                              elapsed=time.time() - run.started)
-                if peak:
-                    record["mfu"] = stepper.raw_model.estimate_mfu(run.tokens_per_iter, dt, peak)
-                jlog.write(**record)
-                bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                                refresh=False)
-                if bar.disable:
-                    log.info("iter %d: loss %.4f, lr %.2e, %.1f ms, %.0f tok/s", iter_num - 1,
-                             lossf, lr, dt * 1000, tok_s)
-            if _should_stop(stop, dist, run.device):
-                raise _stop_and_save(stop, run, save, iter_num)
-    finally:
-        bar.close()
-    return TrainResult(iter_num, best_val_loss, cfg.out_dir, losses)
+    return tqdm(total=cfg.max_iters, initial=start, disable=not dist.is_master or None,
+                dynamic_ncols=True, unit="it")
 
 
-def _stop_and_save(stop: GracefulStop, run: Run, save, iter_num: int) -> TrainingStopped:
-    """Save where the signal stopped us; return the exception that ends the run.
-
-    With always_save_checkpoint=False, ckpt.pt is the best-val model and must stay so: the
-    stopped state goes to last.pt, which --init_from=resume takes when it is the newer file.
-    """
-    path = run.ckpt_path if run.cfg.always_save_checkpoint else run.ckpt_path.with_name(LAST_NAME)
-    save(path, "signal")
-    signum = stop.signum or signal.SIGTERM
-    return TrainingStopped(f"stopped by {signal.Signals(signum).name}: checkpoint saved to "
-                           f"{path} at iter {iter_num}; resume with the same command plus "
-                           f"--init_from=resume", 128 + signum)
-
-
-def _mean_over_ranks(value: torch.Tensor, dist: common.DistInfo) -> torch.Tensor:
-    if dist.enabled:
-        torch.distributed.all_reduce(value)  # SUM: gloo has no AVG
-        value = value / dist.world_size
-    return value
-
-
-def _should_stop(stop: GracefulStop, dist: common.DistInfo, device: str) -> bool:
-    """Every rank must stop at the same step, or the others would wait in a collective."""
-    if not dist.enabled:
-        return stop.signum is not None
-    flag = torch.tensor([stop.signum or 0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    if flag.item() and stop.signum is None:
-        stop.signum = int(flag.item())
-    return bool(flag.item())
+def _show_step(bar, record: dict) -> None:
+    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    tok_s=f"{record['tok_per_s']:,.0f}", refresh=False)
+    if bar.disable:
+        log.info("iter %d: loss %.4f, lr %.2e, %.1f ms, %.0f tok/s", record["iter"],
+                 record["loss"], record["lr"], record["ms"], record["tok_per_s"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from nanogpt.model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"
@@ -42,6 +45,26 @@ def data_dir(tmp_path_factory, shakespeare_text) -> Path:
     shutil.copy(SHAKESPEARE, ds / "input.txt")
     prepare_shakespeare_char(ds)
     return root
+
+
+def tiny_gpt(seed: int = 0, **overrides) -> GPT:
+    """A GPT small enough for any test, its weights drawn from seed; overrides are GPTConfig
+    fields."""
+    torch.manual_seed(seed)
+    config = dict(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
+                  bias=True)
+    return GPT(GPTConfig(**{**config, **overrides}))
+
+
+def read_log(out_dir: Path, event: str | None = None) -> list[dict]:
+    """The records of out_dir/log.jsonl, or those of one event ('train', 'eval', ...)."""
+    lines = (Path(out_dir) / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if event is None or r["event"] == event]
+
+
+def train_losses(out_dir: Path) -> dict[int, float]:
+    """{iteration: training loss} from out_dir/log.jsonl."""
+    return {r["iter"]: r["loss"] for r in read_log(out_dir, "train")}
 
 
 def tiny_args(data_dir: Path, out_dir: Path, **overrides) -> list[str]:

@@ -27,7 +27,7 @@ def test_values_take_the_fields_type():
                       "--decay_lr=False", "--vocab_size=None", "--lr_decay_iters=100"])
     assert isinstance(cfg.learning_rate, float) and cfg.learning_rate == 1.0
     assert cfg.max_iters == 2000 and isinstance(cfg.max_iters, int)
-    assert cfg.compile == "False" and cfg.decay_lr is False
+    assert cfg.compile is False and cfg.decay_lr is False
     assert cfg.vocab_size is None and cfg.lr_decay_iters == 100
 
 
@@ -88,4 +88,7 @@ def test_non_finite_and_inconsistent_values_are_refused():
 
 
 def test_bare_compile_flag_means_true():
-    assert parse_args(["--compile", "--bias"]).compile == "True"
+    assert parse_args(["--compile", "--bias"]).compile is True
+    assert parse_args(["--compile=auto"]).compile == "auto"
+    with pytest.raises(ConfigError, match="compile must be one of True, False, auto"):
+        parse_args(["--compile=sometimes"])

@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt import common
 from nanogpt import model as model_module
 from nanogpt.config import parse_args
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.device import autocast
+from nanogpt.model import GPT
 from nanogpt.trainer import train
-from tests.conftest import cuda, tiny_args
+from tests.conftest import cuda, read_log, tiny_args, tiny_gpt, train_losses
 
 pytestmark = cuda
 
 DEVICE = "cuda"
 
 
-def tiny_gpt(**overrides) -> GPT:
+def cuda_gpt(**overrides) -> GPT:
     # head size 64: the flash kernel's sweet spot
-    args = {"block_size": 64, "vocab_size": 65, "n_layer": 2, "n_head": 2, "n_embd": 128,
-            "dropout": 0.0}
-    return GPT(GPTConfig(**{**args, **overrides})).to(DEVICE)
-
-
-def train_losses(out_dir: Path) -> list[float]:
-    lines = (out_dir / "log.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
+    return tiny_gpt(**{"block_size": 64, "vocab_size": 65, "n_embd": 128, **overrides}).to(DEVICE)
 
 
 def test_flash_attention_kernel_runs_and_manual_path_does_not(monkeypatch):
@@ -48,10 +38,10 @@ def test_flash_attention_kernel_runs_and_manual_path_does_not(monkeypatch):
 
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", counting_sdpa)
     monkeypatch.setattr(model_module, "_causal_mask", no_manual)
-    gpt = tiny_gpt(attention="auto")
+    gpt = cuda_gpt(attention="auto")
     idx = torch.randint(65, (4, 64), device=DEVICE)
     # only the flash backend is allowed: if it could not take these inputs, SDPA would raise
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), common.autocast(DEVICE, "bfloat16"):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), autocast(DEVICE, "bfloat16"):
         _, loss = gpt(idx, idx)
     loss.backward()
     assert calls == [True, True]  # one causal call per layer
@@ -59,16 +49,15 @@ def test_flash_attention_kernel_runs_and_manual_path_does_not(monkeypatch):
 
 
 def test_bf16_autocast_trains_with_fp32_master_weights(data_dir, tmp_path):
-    gpt = tiny_gpt()
-    with common.autocast(DEVICE, "bfloat16"):
+    gpt = cuda_gpt()
+    with autocast(DEVICE, "bfloat16"):
         logits, _ = gpt(torch.zeros(1, 8, dtype=torch.long, device=DEVICE))
     assert logits.dtype == torch.bfloat16  # autocast really runs the matmuls in bf16
 
     out = tmp_path / "out"
     train(parse_args(tiny_args(data_dir, out, device=DEVICE, dtype="bfloat16", compile=False,
                                max_iters=60, eval_interval=30, eval_iters=10)))
-    lines = (out / "log.jsonl").read_text().splitlines()
-    val = [r["val_loss"] for r in map(json.loads, lines) if r["event"] == "eval"]
+    val = [r["val_loss"] for r in read_log(out, "eval")]
     assert len(val) == 3 and val[-1] < val[0] - 0.5  # learning, not just running
     ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
     assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
@@ -93,7 +82,7 @@ def test_compiled_training_matches_eager(data_dir, tmp_path):
 
 
 def test_fused_adamw_on_cuda():
-    gpt = tiny_gpt()
+    gpt = cuda_gpt()
     optimizer = gpt.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cuda")
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["fused"] is True

@@ -7,7 +7,6 @@ the test's tmp dir that patches nanogpt and then runs the ordinary train_main().
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, SHAKESPEARE, run_script, tiny_args
+from tests.conftest import ROOT, SHAKESPEARE, read_log, run_script, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +59,6 @@ def weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
 
 
-def events(out_dir: Path, kind: str) -> list[dict]:
-    lines = (out_dir / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == kind]
-
-
 def fresh_data_dir(tmp_path: Path) -> Path:
     """Only input.txt: rank 0 must prepare the dataset while rank 1 waits for it."""
     ds = tmp_path / "data" / "shakespeare_char"
@@ -95,11 +89,11 @@ def test_two_ranks_train_like_one_with_double_accumulation(ddp_run, tmp_path):
     assert ddp.keys() == single.keys()
     for name in single:  # same samples and dropout masks; only the summation order differs
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
-    ddp_train = [e["loss"] for e in events(ddp_out, "train")]
-    single_train = [e["loss"] for e in events(single_out, "train")]
+    ddp_train = [e["loss"] for e in read_log(ddp_out, "train")]
+    single_train = [e["loss"] for e in read_log(single_out, "train")]
     assert ddp_train == pytest.approx(single_train, rel=1e-5)  # the global loss, not rank 0's
-    ddp_eval = [e["val_loss"] for e in events(ddp_out, "eval")]
-    assert ddp_eval == pytest.approx([e["val_loss"] for e in events(single_out, "eval")],
+    ddp_eval = [e["val_loss"] for e in read_log(ddp_out, "eval")]
+    assert ddp_eval == pytest.approx([e["val_loss"] for e in read_log(single_out, "eval")],
                                      rel=1e-5)
 
 
@@ -108,8 +102,8 @@ def test_only_rank_zero_writes(ddp_run):
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if n.endswith(".pt")] == ["ckpt.pt"]
     assert not [n for n in names if n.startswith(".") or "tmp" in n]  # no half-written files
-    assert [e["iter"] for e in events(out, "train")] == list(range(SETTINGS["max_iters"]))
-    assert [e["iter"] for e in events(out, "checkpoint")] == [4, 8]
+    assert [e["iter"] for e in read_log(out, "train")] == list(range(SETTINGS["max_iters"]))
+    assert [e["iter"] for e in read_log(out, "checkpoint")] == [4, 8]
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 8
 
 
@@ -132,7 +126,7 @@ def test_sigterm_stops_every_rank_then_resume_continues_exactly(ddp_run, tmp_pat
     assert "stopped by SIGTERM" in r.stderr
     assert "Unable to shutdown process" not in r.stderr  # no rank needed SIGKILL
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 4
-    assert events(out, "checkpoint")[-1] == {"event": "checkpoint", "iter": 4,
+    assert read_log(out, "checkpoint")[-1] == {"event": "checkpoint", "iter": 4,
                                              "reason": "signal", "path": str(out / "ckpt.pt")}
 
     r = torchrun(tiny_args(data_dir, out, gradient_accumulation_steps=2, init_from="resume",
@@ -141,7 +135,7 @@ def test_sigterm_stops_every_rank_then_resume_continues_exactly(ddp_run, tmp_pat
     resumed, full = weights(out), weights(full_out)
     for name in full:
         assert torch.equal(resumed[name], full[name]), name
-    assert [e["iter"] for e in events(out, "train")] == list(range(8))
+    assert [e["iter"] for e in read_log(out, "train")] == list(range(8))
     assert stopped_after < LAUNCH_TIMEOUT
 
 

@@ -6,7 +6,8 @@ from torch.nn import functional as F
 
 from nanogpt import model as model_module
 from nanogpt.dropout import Dropout, dropout, keep_mask, keep_scale
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.model import GPT
+from tests.conftest import tiny_gpt
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
@@ -72,16 +73,14 @@ def test_fast_false_is_torch_dropout():
 
 
 def _gpt(attention: str, fast: bool) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=16, vocab_size=20, n_layer=2, n_head=2, n_embd=16,
-                         dropout=0.2, attention=attention, fast_dropout=fast))
+    return tiny_gpt(vocab_size=20, dropout=0.2, attention=attention, fast_dropout=fast)
 
 
-def test_auto_attention_trains_through_the_manual_path_with_cpu_dropout(monkeypatch):
-    """SDPA's CPU fallback draws torch's slow masks; auto takes the manual path instead and
-    gives exactly what attention='manual' gives for the same seed."""
+def test_auto_attention_trains_through_the_bmm_path_with_cpu_dropout(monkeypatch):
+    """SDPA's CPU fallback draws torch's slow masks; auto takes the bmm path instead and
+    gives exactly what attention='bmm' gives for the same seed."""
     idx = torch.randint(0, 20, (3, 16))
-    manual = _gpt("manual", True).train()
+    manual = _gpt("bmm", True).train()
     torch.manual_seed(1)
     manual_logits, _ = manual(idx, idx)
 

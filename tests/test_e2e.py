@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from nanogpt.checkpoint import load_checkpoint
-from tests.conftest import ROOT, SHAKESPEARE, run_script, tiny_args
+from tests.conftest import (
+    ROOT,
+    SHAKESPEARE,
+    read_log,
+    run_script,
+    tiny_args,
+    train_losses,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def train_losses(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
-    return {r["iter"]: r["loss"] for r in rows if r["event"] == "train"}
 
 
 def assert_same_weights(a_dir, b_dir):
@@ -47,8 +49,7 @@ def test_prepare_train_sample_as_a_user(tmp_path, shakespeare_text):
     assert result.returncode == 0, result.stderr
     assert "number of parameters" in result.stdout and "dataset = 'shakespeare_char'" in result.stdout
     assert (data_dir / "shakespeare_char" / "train.bin").exists()
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if r["event"] == "eval"]
+    evals = read_log(out, "eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3
     sample = run_script("sample.py", ["--out_dir", str(out), "--num_samples=2",
                                       "--max_new_tokens=50", "--start=KING"])
@@ -117,8 +118,7 @@ def test_sigkill_after_a_save_then_resume_is_exact(data_dir, tmp_path, straight_
                                     for r in rows), proc)
     proc.kill()
     proc.communicate(timeout=60)
-    first = {r["iter"]: r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text()
-                                               .splitlines()) if r["event"] == "train"}
+    first = train_losses(out)
     resumed = run_script("train.py", tiny_args(data_dir, out, **RUN, init_from="resume"))
     assert resumed.returncode == 0, resumed.stderr
     straight = train_losses(straight_run)

@@ -7,7 +7,6 @@ GPT-2's BPE files ship in nanogpt/assets, so tiktoken needs no download.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import torch
 from nanogpt.data import prepare_text, read_text_input
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from tests.conftest import SHAKESPEARE, run_script, tiny_args
+from tests.conftest import SHAKESPEARE, read_log, run_script, tiny_args
+
 
 def save_hf_gpt2(directory: Path, vocab_size: int = 100, n_positions: int = 64, seed: int = 0,
                  scramble: bool = True, **config):
@@ -95,7 +95,7 @@ def test_only_dropout_and_runtime_choices_may_be_overridden(tmp_path):
     assert model.config.dropout == 0.1 and model.config.bias
     assert GPT.from_pretrained(str(tmp_path)).config.dropout == 0.0
     manual = GPT.from_pretrained(str(tmp_path), attention="manual", fast_dropout=False)
-    assert not manual.transformer.h[0].attn.use_flash
+    assert manual.transformer.h[0].attn.path(torch.device("cpu")) == "manual"
     assert not manual.transformer.h[0].mlp.dropout.fast
     with pytest.raises(ValueError, match="n_layer"):
         GPT.from_pretrained(str(tmp_path), n_layer=2)
@@ -239,13 +239,13 @@ def test_streaming_writer_matches_concatenation(tmp_path):
 # ---- finetuning ----
 
 def test_init_from_gpt2_needs_a_gpt2_dataset(tmp_path, data_dir):
-    from nanogpt import common
     from nanogpt.config import parse_args
-    from nanogpt.trainer import prepare_run
+    from nanogpt.data import open_dataset
+    from nanogpt.trainer import read_start_checkpoint
 
     cfg = parse_args(tiny_args(data_dir, tmp_path / "out", init_from="gpt2"))
     with pytest.raises(UserError, match="tokenized with GPT-2 BPE.*--tokenizer gpt2"):
-        prepare_run(cfg, common.DistInfo())
+        read_start_checkpoint(cfg, open_dataset(data_dir, "shakespeare_char"))
 
 
 @pytest.fixture
@@ -256,9 +256,9 @@ def bpe_data_dir(tmp_path, shakespeare_text) -> Path:
 
 
 def test_pretrained_vocab_and_block_size_are_checked(tmp_path, bpe_data_dir):
-    from nanogpt import common
     from nanogpt.config import parse_args
-    from nanogpt.trainer import build_model, prepare_run
+    from nanogpt.data import open_dataset
+    from nanogpt.trainer import build_state
 
     save_hf_gpt2(tmp_path / "small_vocab", vocab_size=100)
     save_hf_gpt2(tmp_path / "short", vocab_size=50257, n_positions=16)
@@ -267,7 +267,7 @@ def test_pretrained_vocab_and_block_size_are_checked(tmp_path, bpe_data_dir):
         cfg = parse_args(tiny_args(bpe_data_dir, tmp_path / "out", dataset="bpe",
                                    init_from=str(model_dir)))
         with pytest.raises(UserError, match=message):
-            build_model(prepare_run(cfg, common.DistInfo()))
+            build_state(cfg, open_dataset(bpe_data_dir, "bpe"), None, "cpu", "float32")
 
 
 @pytest.mark.slow
@@ -285,8 +285,7 @@ def test_finetune_local_gpt2_then_resume_sample_and_export(tmp_path, bpe_data_di
                      min_lr=1e-3)
     result = run_script("train.py", args)
     assert result.returncode == 0, result.stdout + result.stderr
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    evals = [r for r in records if r["event"] == "eval"]
+    evals = read_log(out, "eval")
     assert evals[-1]["train_loss"] < evals[0]["train_loss"] - 1.0
 
     model, tokenizer = load_model(out)

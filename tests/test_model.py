@@ -4,14 +4,11 @@ import pytest
 import torch
 
 from nanogpt.model import GPT, GPTConfig
+from tests.conftest import tiny_gpt
 
 
 def tiny(attention="auto", **kw) -> GPT:
-    torch.manual_seed(0)
-    cfg = dict(block_size=16, vocab_size=37, n_layer=2, n_head=4, n_embd=32, dropout=0.0,
-               bias=True, attention=attention)
-    cfg.update(kw)
-    return GPT(GPTConfig(**cfg))
+    return tiny_gpt(attention=attention, **{"n_head": 4, "n_embd": 32, **kw})
 
 
 @pytest.mark.parametrize("attention", ["flash", "manual"])

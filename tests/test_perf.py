@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, tiny_args
 
-from nanogpt import bench, common, plot
+from nanogpt import bench, device, plot
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
@@ -20,17 +20,17 @@ from nanogpt.model import GPT, GPTConfig
 
 @pytest.mark.parametrize("fast_bf16, expected", [(True, "bfloat16"), (False, "float32")])
 def test_auto_dtype_on_cpu_follows_bf16_matrix_units(monkeypatch, fast_bf16, expected):
-    monkeypatch.setattr(common, "cpu_has_fast_bf16", lambda: fast_bf16)
-    assert common.resolve_dtype("auto", "cpu") == expected
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert device.resolve_dtype("auto", "cpu") == expected
 
 
 def test_explicit_dtype_wins_over_auto_on_cpu(monkeypatch):
-    monkeypatch.setattr(common, "cpu_has_fast_bf16", lambda: True)
-    assert common.resolve_dtype("float32", "cpu") == "float32"
-    monkeypatch.setattr(common, "cpu_has_fast_bf16", lambda: False)
-    assert common.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert device.resolve_dtype("float32", "cpu") == "float32"
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    assert device.resolve_dtype("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(UserError, match="float16"):
-        common.resolve_dtype("float16", "cpu")
+        device.resolve_dtype("float16", "cpu")
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -39,18 +39,18 @@ def test_cpu_has_fast_bf16_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, exp
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
     real_open = open
-    monkeypatch.setattr(common, "open", lambda path, *a, **k: real_open(
+    monkeypatch.setattr(device, "open", lambda path, *a, **k: real_open(
         cpuinfo if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
     monkeypatch.delenv("NANOGPT_CPU_BF16", raising=False)
-    assert common.cpu_has_fast_bf16() is expected
+    assert device.cpu_has_fast_bf16() is expected
     monkeypatch.setenv("NANOGPT_CPU_BF16", "0" if expected else "1")  # runs as the other kind
-    assert common.cpu_has_fast_bf16() is not expected
+    assert device.cpu_has_fast_bf16() is not expected
 
 
 def test_parameters_stay_float32_under_bf16_autocast():
     model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16))
     x = torch.randint(16, (2, 8))
-    with common.autocast("cpu", "bfloat16"):
+    with device.autocast("cpu", "bfloat16"):
         logits, loss = model(x, x)
     loss.backward()
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
@@ -62,12 +62,12 @@ def test_parameters_stay_float32_under_bf16_autocast():
 
 def test_num_threads_option_wins(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert common.default_num_threads(5) == 5
+    assert device.default_num_threads(5) == 5
 
 
 def test_omp_num_threads_is_left_to_torch(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert common.default_num_threads(0) is None
+    assert device.default_num_threads(0) is None
 
 
 def test_default_threads_capped_by_cpu_affinity(monkeypatch):
@@ -75,9 +75,9 @@ def test_default_threads_capped_by_cpu_affinity(monkeypatch):
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert common.default_num_threads(0) == 3
+    assert device.default_num_threads(0) == 3
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert common.default_num_threads(0) == 8
+    assert device.default_num_threads(0) == 8
 
 
 def test_train_uses_num_threads(data_dir, tmp_path):
@@ -132,7 +132,7 @@ def test_activation_checkpointing_keeps_loss_and_gradients():
     x = torch.randint(16, (3, 16))
     results = []
     for recompute in (False, True):
-        model.recompute_blocks = recompute
+        model.config.activation_checkpointing = recompute
         model.zero_grad()
         torch.manual_seed(3)
         _, loss = model(x, x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_script, tiny_args
+from conftest import run_script, tiny_args, tiny_gpt
 
 from nanogpt.checkpoint import checkpoint_path, save_checkpoint
 from nanogpt.cli import sample_main
@@ -24,7 +24,7 @@ from nanogpt.sampling import (
 )
 
 BLOCK = 16
-ATTENTIONS = ("flash", "manual")
+ATTENTIONS = ("flash", "manual", "bmm")
 SEPARATOR = "\n---------------\n"
 NEG_INF = float("-inf")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -36,11 +36,9 @@ def _one_thread():
     torch.set_num_threads(1)  # conftest restores the thread count afterwards
 
 
-def tiny_gpt(attention: str = "auto", block_size: int = BLOCK, vocab_size: int = 11,
-             seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2,
-                          n_embd=16, attention=attention))
+def peaked_gpt(attention: str = "auto", block_size: int = BLOCK, vocab_size: int = 11,
+               seed: int = 0) -> GPT:
+    model = tiny_gpt(seed, attention=attention, block_size=block_size, vocab_size=vocab_size)
     with torch.no_grad():  # large weights: peaked logits, so greedy never hinges on rounding
         for p in model.parameters():
             if p.dim() >= 2:
@@ -57,7 +55,7 @@ def greedy(model: GPT, idx: torch.Tensor, n: int, **kw) -> torch.Tensor:
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("prompt_len", [1, 2, 7, BLOCK - 1, BLOCK, BLOCK + 1, BLOCK + 5])
 def test_cached_greedy_equals_uncached_past_block_size(attention, prompt_len):
-    model = tiny_gpt(attention)
+    model = peaked_gpt(attention)
     idx = torch.randint(0, 11, (2, prompt_len), generator=torch.Generator().manual_seed(1))
     for shift in (1, 3, None, BLOCK):
         cached = greedy(model, idx, 3 * BLOCK, context_shift=shift)
@@ -68,7 +66,7 @@ def test_cached_greedy_equals_uncached_past_block_size(attention, prompt_len):
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("shift", [1, 5, BLOCK])
 def test_cached_logits_equal_uncached_logits_at_every_step(attention, shift):
-    model = tiny_gpt(attention)
+    model = peaked_gpt(attention)
     cached, uncached = _CachedDecoder(model, shift, batch_size=3), _UncachedDecoder(model, shift)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 11, (3, 4), generator=gen)
@@ -83,7 +81,7 @@ def test_cached_logits_equal_uncached_logits_at_every_step(attention, shift):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_context_shift_1_is_nanogpts_sliding_window(use_cache):
-    model = tiny_gpt()
+    model = peaked_gpt()
     idx = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
     want = idx
     with torch.no_grad():
@@ -96,14 +94,14 @@ def test_context_shift_1_is_nanogpts_sliding_window(use_cache):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_long_prompt_keeps_its_last_block_size_tokens(use_cache):
-    model = tiny_gpt()
+    model = peaked_gpt()
     idx = torch.randint(0, 11, (1, BLOCK + 9), generator=torch.Generator().manual_seed(3))
     assert torch.equal(greedy(model, idx, 2 * BLOCK, use_cache=use_cache),
                        greedy(model, idx[:, -BLOCK:], 2 * BLOCK, use_cache=use_cache))
 
 
 def test_kv_cache_is_preallocated_outside_the_parameters():
-    model = tiny_gpt()
+    model = peaked_gpt()
     keys, n_params = set(model.state_dict()), sum(p.numel() for p in model.parameters())
     caches = model.make_kv_caches(batch_size=3)
     cfg = model.config
@@ -121,7 +119,7 @@ def test_kv_cache_is_preallocated_outside_the_parameters():
 
 
 def test_generation_leaves_training_mode_and_training_forward_alone():
-    model = tiny_gpt().train()
+    model = peaked_gpt().train()
     idx = torch.randint(0, 11, (2, BLOCK))
     with torch.no_grad():
         before, _ = model(idx, idx)
@@ -200,13 +198,13 @@ def test_samples_only_come_from_the_kept_tokens():
 def test_bad_options_are_one_line_user_errors(kw, message):
     tok = CharTokenizer(list("abcdefghijk"))
     with pytest.raises(SamplingError, match=message) as e:
-        generate_text(tiny_gpt(), tok.encode, tok.decode, "ab", **kw)
+        generate_text(peaked_gpt(), tok.encode, tok.decode, "ab", **kw)
     assert isinstance(e.value, UserError) and "\n" not in str(e.value)
 
 
 def test_stream_checks_options_when_called_not_at_the_first_next():
     with pytest.raises(SamplingError, match="top_p"):
-        stream(tiny_gpt(), CharTokenizer(list("abcdefghijk")), "ab", top_p=0.0)
+        stream(peaked_gpt(), CharTokenizer(list("abcdefghijk")), "ab", top_p=0.0)
 
 
 # ---- text level: seeds, stop strings, batches, streaming ----
@@ -218,7 +216,7 @@ def tok() -> CharTokenizer:
 
 def texts(tok, prompt="ab", **kw) -> list[str]:
     kw = {"num_samples": 3, "max_new_tokens": 40, "temperature": 1.0, **kw}
-    return generate_text(tiny_gpt(vocab_size=tok.vocab_size), tok.encode, tok.decode, prompt,
+    return generate_text(peaked_gpt(vocab_size=tok.vocab_size), tok.encode, tok.decode, prompt,
                          **kw)
 
 
@@ -232,7 +230,7 @@ def test_same_seed_same_samples_different_seed_different_samples(tok):
 
 
 def test_seed_leaves_the_global_rng_alone(tok):
-    model = tiny_gpt(vocab_size=tok.vocab_size)
+    model = peaked_gpt(vocab_size=tok.vocab_size)
     state = torch.get_rng_state()
     generate_text(model, tok.encode, tok.decode, "ab", max_new_tokens=20, seed=7)
     assert torch.equal(torch.get_rng_state(), state)
@@ -247,7 +245,7 @@ def test_stop_string_ends_the_sample(tok):
 
 
 def test_generation_ends_when_every_sample_has_stopped(tok):
-    model = tiny_gpt(vocab_size=tok.vocab_size)
+    model = peaked_gpt(vocab_size=tok.vocab_size)
     calls = []
     pieces = stream(model, tok, "ab", max_new_tokens=1000, stop=list(tok.chars), seed=0)
     original = model.forward
@@ -270,7 +268,7 @@ def test_text_stream_holds_back_a_partial_utf8_character():
 
 
 def test_stream_yields_the_same_text_as_generate_text(tok):
-    model = tiny_gpt(vocab_size=tok.vocab_size)
+    model = peaked_gpt(vocab_size=tok.vocab_size)
     pieces = list(stream(model, tok, "ab", max_new_tokens=30, seed=4, stop=["\n\n"]))
     assert len(pieces) > 1
     assert "".join(pieces) == generate_text(model, tok.encode, tok.decode, "ab",
@@ -279,7 +277,7 @@ def test_stream_yields_the_same_text_as_generate_text(tok):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_batch_rows_equal_their_prompts_generated_alone(use_cache):
-    model = tiny_gpt()
+    model = peaked_gpt()
     prompts = torch.randint(0, 11, (4, 6), generator=torch.Generator().manual_seed(5))
     batch = greedy(model, prompts, 2 * BLOCK, use_cache=use_cache)
     for i in range(4):
@@ -299,14 +297,14 @@ def save_model(out, model: GPT, tok: CharTokenizer):
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory, tok):
     """A tiny random model with peaked logits."""
-    return save_model(tmp_path_factory.mktemp("ckpt"), tiny_gpt(vocab_size=tok.vocab_size), tok)
+    return save_model(tmp_path_factory.mktemp("ckpt"), peaked_gpt(vocab_size=tok.vocab_size), tok)
 
 
 @pytest.fixture(scope="module")
 def uniform_out_dir(tmp_path_factory, tok):
     """A model whose logits are all exactly 0 (zero token embeddings, tied to the head): every
     token is equally likely in any dtype, so what is sampled depends on the seed alone."""
-    model = tiny_gpt(vocab_size=tok.vocab_size)
+    model = peaked_gpt(vocab_size=tok.vocab_size)
     with torch.no_grad():
         model.lm_head.weight.zero_()
     return save_model(tmp_path_factory.mktemp("uniform"), model, tok)

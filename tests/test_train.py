@@ -1,6 +1,5 @@
 """The training loop in-process: schedule, checkpoints, resume, NaN guard."""
 
-import json
 import os
 import signal
 from fractions import Fraction
@@ -8,7 +7,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from nanogpt import checkpoint as ckpt_mod
+from nanogpt import fileio
 from nanogpt.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -19,12 +18,7 @@ from nanogpt.config import TrainConfig, parse_args
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.model import GPT
 from nanogpt.trainer import TrainingDiverged, get_lr, train
-from tests.conftest import tiny_args
-
-
-def read_log(out_dir, event):
-    lines = (out_dir / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == event]
+from tests.conftest import read_log, tiny_args
 
 
 def test_lr_schedule_warmup_peak_cosine_floor():
@@ -124,8 +118,9 @@ def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeyp
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    with pytest.raises(CheckpointError, match=f"could not save the checkpoint to {path} "
+                                              f"\\(disk full\\)"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 2})
     assert load_checkpoint(path)["iter_num"] == 1
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind

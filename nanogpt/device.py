@@ -1,0 +1,108 @@
+"""Which device, which precision, how many CPU threads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import typing
+
+import torch
+
+from nanogpt.errors import UserError
+
+DType = typing.Literal["auto", "float32", "bfloat16", "float16"]
+PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> cuda, then mps, then cpu; an explicit device is checked to exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = requested.split(":")[0]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {requested!r} requested but CUDA is not available "
+                            f"(torch.cuda.is_available() is False); use --device=cpu")
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {requested!r} requested but only "
+                            f"{torch.cuda.device_count()} CUDA device(s) exist")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' requested but MPS is not available; use --device=cpu")
+    return requested
+
+
+def check_device_name(device: str) -> None:
+    """ValueError unless device is auto, cpu, cuda, cuda:N or mps."""
+    kind, _, index = device.partition(":")
+    if kind not in DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16).
+
+    NANOGPT_CPU_BF16=1 or =0 overrides the answer: to run as on the other kind of CPU (e.g.
+    the test suite under both dtypes on one machine)."""
+    forced = os.environ.get("NANOGPT_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    """'auto' -> bf16 on CUDA that has it (else fp16), bf16 on CPUs with bf16 matrix units,
+    float32 elsewhere. An explicit choice is checked to work on the device."""
+    kind = device.split(":")[0]
+    if requested == "auto":
+        if kind == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if kind == "cpu" and cpu_has_fast_bf16():
+            return "bfloat16"
+        return "float32"
+    if requested == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("dtype 'bfloat16' is not supported on this GPU; use --dtype=float16")
+    if requested == "float16" and kind == "cpu":
+        raise UserError("dtype 'float16' is not supported for training on CPU; "
+                        "use --dtype=bfloat16 or --dtype=float32")
+    return requested
+
+
+def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision context for the forward pass (nothing to do for float32)."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=PTDTYPE[dtype])
+
+
+def default_num_threads(requested: int = 0) -> int | None:
+    """CPU threads for torch: `requested` when > 0; None (leave torch alone) when
+    OMP_NUM_THREADS or MKL_NUM_THREADS is set, since torch already honours them; else
+    torch's default (one per physical core) capped by the CPUs this process may run on,
+    which torch does not look at (taskset, container CPU sets)."""
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return None
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+    return max(1, min(torch.get_num_threads(), allowed))
+
+
+def set_num_threads(requested: int = 0) -> None:
+    threads = default_num_threads(requested)
+    if threads:
+        torch.set_num_threads(threads)
