@@ -92,22 +92,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     try:
         atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"could not save the checkpoint to {path} "
-                              f"({_write_failure(e, Path(path).parent)})") from None
-
-
-def _write_failure(e: Exception, directory: Path) -> str:
-    """Why a write failed, in words: torch.save reports a full disk as a RuntimeError."""
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    try:
-        import shutil
-
-        if shutil.disk_usage(directory).free < 1 << 20:
-            return "No space left on device"
-    except OSError:
-        pass
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = e.strerror if isinstance(e, OSError) and e.strerror else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"could not save the checkpoint to {path} ({why})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -46,6 +46,7 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 # 256, 2 cores) 8 chunks of 2048 tokens made a step 1.4-1.5x faster than one chunk (less memory
 # traffic) and cut the peak RSS from 5.3 GB to 1.4 GB; 4 chunks: as fast, 2.3 GB.
 CPU_CHUNK_TOKENS = 2048
+NO_CHECKPOINT = "none yet"
 
 
 class TrainingDiverged(UserError):
@@ -97,7 +98,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
         clock_start = time.time() - state.elapsed  # elapsed counts on across resumes
         watch = DivergenceWatch(device)
         peak = peak_flops(device, dtype)
-        last_good = f"{resumed_from} (iter {state.iter_num})" if resumed_from else "none yet"
+        last_good = f"{resumed_from} (iter {state.iter_num})" if resumed_from else NO_CHECKPOINT
         stop = run.enter_context(GracefulStop())
         bar = run.enter_context(_progress_bar(cfg, state.iter_num, dist))
         losses: dict[str, float] = {}
@@ -313,7 +314,10 @@ def save(state: TrainState, path: Path, clock_start: float, dist: DistInfo, jlog
         try:
             save_checkpoint(path, state.to_checkpoint())
         except CheckpointError as e:
-            raise CheckpointError(f"{e}; the last good checkpoint is {last_good}; make room "
+            if last_good == NO_CHECKPOINT:
+                raise CheckpointError(f"{e}; no checkpoint of this run was saved before; fix "
+                                      f"that and start again") from None
+            raise CheckpointError(f"{e}; the last good checkpoint is {last_good}; fix that "
                                   f"and resume with --init_from=resume") from None
         jlog.write(event="checkpoint", iter=state.iter_num, reason=reason, path=str(path))
     return f"{path} (iter {state.iter_num})"
