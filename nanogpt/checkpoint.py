@@ -28,7 +28,7 @@ from nanogpt.tokenizer import tokenizer_from_dict
 CKPT_NAME = "ckpt.pt"
 LAST_NAME = "last.pt"
 CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss",
-                   "elapsed", "rng", "config", "tokenizer", "pretrained")
+                   "elapsed", "planned_iters", "rng", "config", "tokenizer", "pretrained")
 
 
 class CheckpointError(UserError):
@@ -46,7 +46,9 @@ class TrainState:
     iter_num: int = 0
     best_val_loss: float = math.inf
     elapsed: float = 0.0
-    """Seconds the run has trained so far, across resumes."""
+    """Seconds the run has taken so far (start-up included), across resumes."""
+    planned_iters: int | None = None
+    """The length a time-budgeted run planned for itself (a resume keeps to it)."""
     config: dict = field(default_factory=dict)
     """The run's TrainConfig, as a dict."""
     tokenizer: dict = field(default_factory=dict)
@@ -64,6 +66,7 @@ class TrainState:
             "iter_num": self.iter_num,
             "best_val_loss": self.best_val_loss,
             "elapsed": self.elapsed,
+            "planned_iters": self.planned_iters,
             "rng": get_rng_state(),
             "config": self.config,
             "tokenizer": self.tokenizer,
@@ -82,6 +85,7 @@ class TrainState:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         self.elapsed = ckpt.get("elapsed", 0.0)
+        self.planned_iters = ckpt.get("planned_iters")
         self.tokenizer, self.pretrained = ckpt["tokenizer"], ckpt.get("pretrained")
         set_rng_state(ckpt["rng"])
 
