@@ -25,7 +25,8 @@ BENCH_USAGE = """usage: python -m nanogpt.bench [--config FILE ...] [--key=value
        [--iters N] [--warmup N] [--repeats N] [--compare KEY=V1,V2 ...]
 
 Measures steady-state training speed (ms/iter, tokens/s, FLOP/s and fraction of the device's
-measured or listed peak) and peak memory. Each --compare adds an axis; every combination of
+measured or listed peak) and peak memory; 'runs as' is the attention path and dtype the
+steps took (what attention=auto and dtype=auto chose). Each --compare adds an axis; every combination of
 the axes is one variant, run in its own process. --key=value are TrainConfig keys.
 """
 
@@ -119,6 +120,9 @@ def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
         "flops_per_s": flops_per_token * tokens / seconds, "first_step_s": first_step_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    result["paths"] = sorted({path for key, path in state.model.attention_plan.items()
+                              if key.split("/")[2].startswith("train")}
+                             or [cfg.attention])  # what attention=auto chose for training
     if device.startswith("cuda"):
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     result["peak_flops"], result["peak_source"] = device_peak(device, dtype)
@@ -172,7 +176,8 @@ def compare(argv: list[str], variants: list[dict[str, str]], iters: int, warmup:
     return out
 
 
-COLUMNS = ("variant", "ms/iter", "tokens/s", "GFLOP/s", "% peak", "peak RSS MB", "1st step s")
+COLUMNS = ("variant", "runs as", "ms/iter", "tokens/s", "GFLOP/s", "% peak", "peak RSS MB",
+           "1st step s")
 
 
 def table_rows(results: list[tuple[dict[str, str], dict]]) -> list[list[str]]:
@@ -187,7 +192,8 @@ def table_rows(results: list[tuple[dict[str, str], dict]]) -> list[list[str]]:
         rss = f"{r['peak_rss_mb']:.0f}"
         if "peak_cuda_mb" in r:
             rss += f" (cuda {r['peak_cuda_mb']:.0f})"
-        rows.append([name, f"{r['ms_per_iter']:.1f}", f"{r['tokens_per_s']:,.0f}",
+        runs_as = f"{'/'.join(r.get('paths', ['?']))}, {r.get('dtype', '?')}"
+        rows.append([name, runs_as, f"{r['ms_per_iter']:.1f}", f"{r['tokens_per_s']:,.0f}",
                      f"{r['flops_per_s'] / 1e9:.1f}", frac, rss, f"{r['first_step_s']:.1f}"])
     return rows
 

@@ -28,7 +28,8 @@ from nanogpt.tokenizer import tokenizer_from_dict
 CKPT_NAME = "ckpt.pt"
 LAST_NAME = "last.pt"
 CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss",
-                   "elapsed", "planned_iters", "rng", "config", "tokenizer", "pretrained")
+                   "elapsed", "planned_iters", "rng", "config", "tokenizer", "pretrained",
+                   "attention_plan")
 
 
 class CheckpointError(UserError):
@@ -71,6 +72,7 @@ class TrainState:
             "config": self.config,
             "tokenizer": self.tokenizer,
             "pretrained": self.pretrained,
+            "attention_plan": dict(self.model.attention_plan),  # what attention='auto' chose
         }
 
     def restore(self, ckpt: dict) -> None:
@@ -87,6 +89,8 @@ class TrainState:
         self.elapsed = ckpt.get("elapsed", 0.0)
         self.planned_iters = ckpt.get("planned_iters")
         self.tokenizer, self.pretrained = ckpt["tokenizer"], ckpt.get("pretrained")
+        # the same attention paths as before the stop: 'auto' measures only what is new
+        self.model.attention_plan.update(ckpt.get("attention_plan") or {})
         set_rng_state(ckpt["rng"])
 
 

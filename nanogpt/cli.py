@@ -121,8 +121,9 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="precision of the forward pass; auto: bf16 where the device has "
-                        "fast bf16, else float32")
+                   help="precision of the weights, activations and KV cache while "
+                        "decoding; auto: bf16 where the device has bf16 units (samples differ "
+                        "from float32 ones), else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,
                    help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
@@ -166,7 +167,8 @@ def _sample(argv: list[str]) -> int:
     import torch
 
     from nanogpt.checkpoint import load_model
-    from nanogpt.device import autocast, resolve_device, resolve_dtype
+    from nanogpt.device import resolve_device, resolve_dtype
+    from nanogpt.inference import for_decoding
     from nanogpt.sampling import generate_pieces
 
     device = resolve_device(args.device)
@@ -177,22 +179,23 @@ def _sample(argv: list[str]) -> int:
 
         model, tokenizer = load_pretrained_model(args.init_from, device)
     dtype = resolve_dtype(args.dtype, device)
+    model = for_decoding(model, dtype)  # weights in dtype; the float32 ones are let go
     torch.manual_seed(args.seed)
     separator = "\n---------------\n"
     out = sys.stdout
     texts = [""] * args.num_samples
-    with autocast(device, dtype):
-        pieces = generate_pieces(
-            model, tokenizer.encode, tokenizer.decode, prompt, num_samples=args.num_samples,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_k=args.top_k or None, top_p=args.top_p, stop=[_unescape(s) for s in args.stop],
-            seed=args.seed, use_cache=not args.no_cache, context_shift=args.context_shift)
-        out.write(prompt)
-        for i, piece in pieces:  # sample 0 live, the others once the batch is done
-            texts[i] += piece
-            if i == 0:
-                out.write(piece)
-                out.flush()
+    pieces = generate_pieces(
+        model, tokenizer.encode, tokenizer.decode, prompt, num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k or None, top_p=args.top_p, stop=[_unescape(s) for s in args.stop],
+        seed=args.seed, use_cache=not args.no_cache, context_shift=args.context_shift,
+        dtype=dtype)
+    out.write(prompt)
+    for i, piece in pieces:  # sample 0 live, the others once the batch is done
+        texts[i] += piece
+        if i == 0:
+            out.write(piece)
+            out.flush()
     out.write(separator)
     for text in texts[1:]:
         out.write(prompt + text + separator)

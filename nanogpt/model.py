@@ -163,6 +163,7 @@ class CausalSelfAttention(nn.Module):
         self.attention = config.attention
         self.fast_dropout = config.fast_dropout
         self.qk_norm = config.qk_norm
+        self.plan: dict[str, str] = {}  # attention='auto' choices (GPT shares one among layers)
 
     def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -178,15 +179,18 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        path = self.path(q.device)
-        if path == "flash":
-            y = flash_attention(q, k, v, self.dropout if self.training else 0.0)
-        elif path == "bmm":
-            y = bmm_attention(q, k, v, self.attn_dropout)
-        else:
-            y = self.manual_attention(q, k, v)
+        qk = q.to(k.dtype)  # a KV cache may hold keys wider than the weights (CPU decoding)
+        y = self.attend(self.path(qk, k), qk, k, v).to(q.dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, path: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of q (B, H, Tq, D) over k, v (B, H, Tk, D) along one path."""
+        if path == "flash":
+            return flash_attention(q, k, v, self.dropout if self.training else 0.0)
+        if path == "bmm":
+            return bmm_attention(q, k, v, self.attn_dropout)
+        return self.manual_attention(q, k, v)
 
     def manual_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention written out: q (B, H, Tq, D) over k, v (B, H, Tk, D), Tk >= Tq.
@@ -200,18 +204,15 @@ class CausalSelfAttention(nn.Module):
         att = self.attn_dropout(att)
         return att @ v  # (B, H, Tq, D) weighted sums of the values
 
-    def path(self, device: torch.device) -> str:
-        """The attention path this layer takes now: config.attention, with 'auto' resolved.
-
-        'auto' takes the fused kernel, except when training with dropout on a CPU: there the
-        fused kernel refuses dropout and its fallback draws torch's slow masks, so 'bmm'
-        (with nanogpt's cheap dropout) is faster.
-        """
+    def path(self, q: torch.Tensor, k: torch.Tensor | None = None) -> str:
+        """The attention path this layer takes for queries q over keys k: config.attention,
+        or for 'auto' the fastest path for this device, dtype, phase and shape (measured once
+        on a CPU, remembered in self.plan; see nanogpt.autotune)."""
         if self.attention != "auto":
             return self.attention
-        if self.training and self.dropout > 0 and self.fast_dropout and device.type == "cpu":
-            return "bmm"
-        return "flash"
+        from nanogpt.autotune import auto_path  # autotune imports model: import late
+
+        return auto_path(self, q, q if k is None else k)
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -322,6 +323,9 @@ class GPT(nn.Module):
         self.transformer.drop = Dropout(config.dropout, config.fast_dropout)
         self.transformer.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.transformer.ln_f = make_norm(config)
+        self.attention_plan: dict[str, str] = {}  # attention='auto' choices; checkpoints keep it
+        for block in self.transformer.h:
+            block.attn.plan = self.attention_plan
         if config.positions == "rope":  # rotary: angle tables, not weights (never saved)
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -391,7 +395,7 @@ class GPT(nn.Module):
                 x = block(x, kv_caches[i] if kv_caches is not None else None, rope)
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.logits(x[:, [-1], :]), None
+            return self.logits(x[:, -1:, :]), None  # a view: no copy
         logits = self.logits(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1)
@@ -468,11 +472,12 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 context_shift: int | None = None) -> torch.Tensor:
+                 context_shift: int | None = None, dtype: str = "auto") -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
 
-        temperature 0 is greedy. See nanogpt.sampling for streaming, stop strings and
-        context_shift (how the context is cropped past block_size).
+        temperature 0 is greedy. dtype 'auto' decodes in bf16 where the device has bf16
+        units (else float32) on a copy of the model. See nanogpt.sampling for streaming,
+        stop strings and context_shift (how the context is cropped past block_size).
         """
         from nanogpt.sampling import (
             generate_tokens,  # sampling imports model: import late
@@ -480,7 +485,8 @@ class GPT(nn.Module):
 
         new = list(generate_tokens(self, idx, max_new_tokens, temperature=temperature,
                                    top_k=top_k, top_p=top_p, generator=generator,
-                                   use_cache=use_cache, context_shift=context_shift))
+                                   use_cache=use_cache, context_shift=context_shift,
+                                   dtype=dtype))
         if not new:
             return idx
         return torch.cat([idx] + [t.view(-1, 1) for t in new], dim=1)

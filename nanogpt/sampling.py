@@ -10,9 +10,13 @@ drops a quarter of the window at a time.
 The KV cache follows the same rule: its slot i holds the window's token i. When the window
 moves, the cache is emptied and the new window prefilled in one forward; the other tokens
 are decoded one at a time. Keys thus always sit at the positions the uncached path gives
-them, so both paths compute the same logits (to float rounding) and the same tokens. The
-price is one prefill of block_size + 1 - context_shift tokens per context_shift new tokens:
-with context_shift=1 every token past block_size re-reads the window, as without a cache.
+them (which reads its window through an emptied cache, so attention runs in the same dtype),
+and both paths compute the same logits (to float rounding) and the same tokens. The price is
+one prefill of block_size + 1 - context_shift tokens per context_shift new tokens: with
+context_shift=1 every token past block_size re-reads the window, as without a cache.
+
+Decoding runs on nanogpt.inference.for_decoding(model, dtype): by default bf16 where the
+device has bf16 units, with CPU-friendly weights and a float32 KV cache on a CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from nanogpt.errors import UserError
+from nanogpt.inference import DECODE_DTYPES, for_decoding, kv_cache_dtype
 from nanogpt.model import GPT
 
 
@@ -78,13 +83,18 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                     temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, generator: torch.Generator | None = None,
                     use_cache: bool = True, context_shift: int | None = None,
-                    seed: int | None = None) -> Iterator[torch.Tensor]:
+                    seed: int | None = None, dtype: str = "auto") -> Iterator[torch.Tensor]:
     """Iterator of max_new_tokens next-token tensors (B,), continuing the prompts idx (B, T).
 
     Randomness comes from generator, or a new one seeded with seed, or else torch's global
-    RNG. Options are checked now; the model runs in eval mode while the iterator runs.
+    RNG. dtype is the decoding precision: 'auto' takes bf16 where the device has bf16 units
+    (samples then differ from float32 ones; see nanogpt.inference), else float32. Options are
+    checked now; decoding runs in eval mode, on a copy of the model where the dtype or a CPU
+    asks for one (nanogpt.inference.for_decoding).
     """
     validate_sampling(max_new_tokens, temperature, top_k, top_p)
+    if dtype not in DECODE_DTYPES:
+        raise SamplingError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {dtype!r}")
     if idx.dim() != 2 or idx.size(0) == 0 or idx.size(1) == 0:
         raise SamplingError("the prompt must be a (batch >= 1, length >= 1) tensor of token ids")
     block_size = model.config.block_size
@@ -99,10 +109,10 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     def pick(logits: torch.Tensor) -> torch.Tensor:
         return sample_next(logits, temperature, top_k, top_p, generator)
 
-    return _decode_loop(model, idx, max_new_tokens, pick, use_cache, shift)
+    return _decode_loop(for_decoding(model, dtype), idx, max_new_tokens, pick, use_cache, shift)
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: its tokens could never enter autograd afterwards
 def _decode_loop(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                  pick: Callable[[torch.Tensor], torch.Tensor], use_cache: bool, shift: int,
                  ) -> Iterator[torch.Tensor]:
@@ -134,15 +144,23 @@ def _window_start(length: int, start: int | None, block_size: int, shift: int) -
 
 
 class _UncachedDecoder:
-    """tokens (B, L) -> logits (B, V) of the next token, re-reading the whole window."""
+    """tokens (B, L) -> logits (B, V) of the next token, re-reading the whole window.
+
+    The window goes through an emptied KV cache: attention then runs in the cache's dtype
+    (float32 on a CPU, see nanogpt.inference.kv_cache_dtype), as in the cached decoder.
+    """
 
     def __init__(self, model: GPT, shift: int):
-        self.model, self.shift, self.start = model, shift, None
+        self.model, self.shift, self.start, self.caches = model, shift, None, None
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.start = _window_start(tokens.size(1), self.start, self.model.config.block_size,
                                    self.shift)
-        logits, _ = self.model(tokens[:, self.start:])
+        if self.caches is None:
+            self.caches = self.model.make_kv_caches(tokens.size(0), kv_cache_dtype(self.model))
+        for c in self.caches:
+            c.reset()
+        logits, _ = self.model(tokens[:, self.start:], kv_caches=self.caches)
         return logits[:, -1, :]
 
 
@@ -155,7 +173,7 @@ class _CachedDecoder:
 
     def __init__(self, model: GPT, shift: int, batch_size: int):
         self.model, self.shift, self.start = model, shift, None
-        self.caches = model.make_kv_caches(batch_size)
+        self.caches = model.make_kv_caches(batch_size, kv_cache_dtype(model))
         self.cached_upto = 0  # absolute index one past the last cached token
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -160,10 +160,12 @@ def test_bench_argv_split_and_variant_grid():
 
 def test_bench_table_shows_speed_fraction_of_peak_and_errors():
     ok = {"ms_per_iter": 50.0, "tokens_per_s": 15360.0, "flops_per_s": 70e9,
-          "peak_flops": 140e9, "peak_rss_mb": 400.0, "first_step_s": 0.5}
-    rows = bench.table_rows([({"attention": "flash"}, ok), ({"attention": "manual"},
-                                                             {"error": "boom"})])
-    assert rows[0] == ["attention=flash", "50.0", "15,360", "70.0", "50.0", "400", "0.5"]
+          "peak_flops": 140e9, "peak_rss_mb": 400.0, "first_step_s": 0.5, "paths": ["bmm"],
+          "dtype": "bfloat16"}
+    rows = bench.table_rows([({"attention": "auto"}, ok), ({"attention": "manual"},
+                                                            {"error": "boom"})])
+    assert rows[0] == ["attention=auto", "bmm, bfloat16", "50.0", "15,360", "70.0", "50.0",
+                       "400", "0.5"]
     assert rows[1][1] == "failed: boom"
     text = bench.format_table(rows)
     lines = text.splitlines()
@@ -173,10 +175,14 @@ def test_bench_table_shows_speed_fraction_of_peak_and_errors():
 @pytest.mark.slow
 def test_bench_compares_variants_in_subprocesses(data_dir, capsys):
     args = [a for a in tiny_args(data_dir, "unused") if not a.startswith("--out_dir")]
-    code = bench.main(args + ["--iters=2", "--warmup=1", "--compare", "attention=flash,manual"])
+    code = bench.main(args + ["--iters=2", "--warmup=1", "--compare", "attention=auto,manual"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "attention=flash" in out and "attention=manual" in out and "MFLOP/token" in out
+    assert "MFLOP/token" in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+            if line.startswith("| attention=")}
+    # tiny attention is not timed: auto takes the rule, the fused kernel
+    assert rows == {"attention=auto": "flash, float32", "attention=manual": "manual, float32"}
 
 
 # ---- log and plot ----

@@ -1,0 +1,127 @@
+"""A GPT prepared for decoding: weights in the fastest precision the device has, and on a CPU
+laid out for the one-row matmuls of token-by-token decoding.
+
+Decoding one token reads every weight for a single row of activations, so its time goes to
+matrix-vector products and to the fixed cost of each operation. What made it faster (baby GPT,
+batch 1, 2-core AVX512-BF16 EPYC; README, Sampling speed):
+- weights and activations in bf16 where the device has bf16 units: half the bytes to read;
+- on a CPU, each big Linear weight reordered once by oneDNN (torch's own CPU kernel library,
+  as torch.compile's freezing does) into the blocked layout its matmul reads fastest;
+- on a CPU, a float32 KV cache: attention kernels ran faster over it than over a bf16 one.
+
+bf16 changes the numbers: logits differ from float32 ones by about 1% (bf16 keeps 8 bits of
+mantissa), so bf16 samples differ from float32 samples after a near-tie. dtype='float32' gives
+float32 decoding. The prepared model is a copy for decoding only (eval mode, no gradients): it
+never changes the model it was made from.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from nanogpt.device import PTDTYPE, resolve_dtype
+from nanogpt.model import GPT
+
+DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIN_PACKED = 1 << 16
+"""Smaller Linear weights stay as they are: a packed matmul costs about 20 us more per call."""
+
+
+def decode_dtype(model: GPT, requested: str = "auto") -> str:
+    """'auto': the model's own dtype when that is not float32 (it was converted on purpose),
+    else the fastest the device has (bf16 on CPUs with bf16 units and on GPUs that have it,
+    float16 on older GPUs, float32 elsewhere). An explicit dtype is checked to work there."""
+    if requested not in DECODE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {requested!r}")
+    weight = next(model.parameters())
+    if requested == "auto" and weight.dtype != torch.float32:
+        return str(weight.dtype).removeprefix("torch.")
+    return resolve_dtype(requested, str(weight.device))
+
+
+def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
+    """model prepared for decoding in dtype (see decode_dtype): model itself when it already
+    is, else an eval-mode copy with weights in dtype and, on a CPU, packed Linear layers."""
+    prepared = getattr(model, "prepared_for_decoding", None)
+    if prepared is not None and dtype in ("auto", prepared):
+        return model
+    dtype = decode_dtype(model, dtype)
+    prepared = _copy_in(model, PTDTYPE[dtype]).eval()
+    if next(model.parameters()).device.type == "cpu" and onednn_packing_works(PTDTYPE[dtype]):
+        for module in list(prepared.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is nn.Linear and child.weight.numel() >= MIN_PACKED:
+                    setattr(module, name, PackedLinear(child))
+    prepared.prepared_for_decoding = dtype
+    return prepared
+
+
+def _copy_in(model: GPT, dtype: torch.dtype) -> GPT:
+    """A deep copy of model with its floating-point weights and buffers in dtype, made without
+    a full-precision copy first; tied weights stay tied."""
+    memo: dict[int, torch.Tensor] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point() and id(t) not in memo:
+            converted = t.detach().to(dtype)
+            memo[id(t)] = nn.Parameter(converted, False) if isinstance(t, nn.Parameter) \
+                else converted
+    return copy.deepcopy(model, memo)
+
+
+def kv_cache_dtype(model: GPT) -> torch.dtype:
+    """float32 on a CPU, whatever the weights: attention kernels over a float32 cache ran
+    faster there than over a bf16 one, and keys and values keep all their bits; elsewhere the
+    weights' dtype."""
+    weight = next(model.parameters())
+    return torch.float32 if weight.device.type == "cpu" else weight.dtype
+
+
+class PackedLinear(nn.Module):
+    """An inference-only nn.Linear whose weight oneDNN has reordered for its own matmul.
+
+    weight (dense) stays for code that reads it, e.g. an embedding tied to the head."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise.default(x, self.packed, self.bias, "none",
+                                                          [], "")
+
+
+_PACKING_WORKS: dict[torch.dtype, bool] = {}
+
+
+def onednn_packing_works(dtype: torch.dtype) -> bool:
+    """Whether this torch has oneDNN's packed linear for dtype on the CPU and it computes what
+    F.linear does (checked once on a small matrix)."""
+    if dtype not in _PACKING_WORKS:
+        _PACKING_WORKS[dtype] = _packing_check(dtype)
+    return _PACKING_WORKS[dtype]
+
+
+def _packing_check(dtype: torch.dtype) -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    linear = nn.Linear(64, 48, device="meta").to_empty(device="cpu").to(dtype)
+    with torch.no_grad():  # filled from gen: the global RNG stays where it is
+        for t in (linear.weight, linear.bias):
+            t.copy_(torch.randn(t.shape, generator=gen))
+    x = torch.randn(3, 2, 64, generator=gen).to(dtype)
+    try:
+        with torch.no_grad():
+            got = PackedLinear(linear)(x)
+            want = F.linear(x, linear.weight, linear.bias)
+    except (AttributeError, RuntimeError, NotImplementedError):  # no such op, or no kernel
+        return False
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    return got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=tol,
+                                                      atol=tol)
