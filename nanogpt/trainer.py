@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
             # a time budget: plan the run's length from the measured speed
             if budget and budget.due(state.iter_num, cfg, state.planned_iters):
                 loss.item()  # wait for the device: the steps so far are really done
-                state.planned_iters = budget.plan(state.iter_num, cfg)
+                state.planned_iters = budget.plan(state.iter_num, cfg, state.planned_iters)
                 cfg = planned(cfg, state.planned_iters)
                 bar.total = cfg.max_iters
                 bar.refresh()
@@ -366,8 +366,9 @@ class TimeBudget:
 
     The first plan comes once PLAN_MIN_STEPS steps are timed. With the 'wsd' schedule, whose
     learning rate stays flat until the decay, the plan is made again from the latest timings
-    every 5% of the budget until the decay begins, so a machine that slows down or speeds up
-    still ends on time with a whole decay. A cosine schedule is planned once, during warmup.
+    every 5% of the budget, so a machine that slows down or speeds up still ends on time with
+    a whole decay; once the decay has begun a new plan may only end sooner (the decay then
+    steepens). A cosine schedule is planned once, during warmup.
     """
 
     def __init__(self, seconds: float, start: float, cfg: TrainConfig):
@@ -395,11 +396,10 @@ class TimeBudget:
             return False
         if planned is None:
             return True
-        decay_start = max(cfg.warmup_iters, planned * (1 - cfg.decay_fraction))
-        return self.replan and iter_num < decay_start - 1 \
+        return self.replan and iter_num < planned - 1 \
             and now - self.last_plan >= 0.05 * self.seconds
 
-    def plan(self, iter_num: int, cfg: TrainConfig) -> int:
+    def plan(self, iter_num: int, cfg: TrainConfig, planned: int | None = None) -> int:
         """The most steps (at most the configured max_iters) whose remaining steps,
         evaluations and final checkpoint end before the budget, with a margin of 2% + 1 s.
         Call when the device has finished the steps so far."""
@@ -421,6 +421,9 @@ class TimeBudget:
                 n -= 1
             while n < self.cap and cost(n + 1) <= left:
                 n += 1
+        if planned is not None and iter_num >= max(cfg.warmup_iters,
+                                                   planned * (1 - cfg.decay_fraction)):
+            n = min(n, planned)  # decaying already: end sooner if need be, never later
         log.info("time budget %.0f s: %.1f ms/step, %.1f s/eval: %d steps in all",
                  self.seconds, self.step_seconds * 1000, self.eval_seconds, n)
         return n

@@ -148,6 +148,14 @@ def test_newton_schulz_gives_a_nearly_orthogonal_update_along_the_gradient(shape
     assert cosine > 0.95  # and in the gradient's own directions: U V^T
 
 
+def test_a_stack_of_matrices_is_orthogonalised_as_each_one_alone():
+    torch.manual_seed(0)
+    stack = torch.randn(3, 8, 24)
+    together = newton_schulz(stack)
+    for g, u in zip(stack, together):
+        torch.testing.assert_close(u, newton_schulz(g), rtol=1e-4, atol=1e-5)
+
+
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     model = tiny_gpt(**MODERN)
     matrices, embeddings, vectors = split_parameters(model)
@@ -202,6 +210,14 @@ def test_time_budget_plan_fits_steps_evals_and_the_final_save():
     budget.evaluated(2.0)
     budget.window = (5, time.perf_counter() - 0.5)
     assert budget.plan(25, capped) == 300  # the configured max_iters is a cap
+    wsd = parse_args(["--eval_interval=100", "--max_iters=100000", "--lr_schedule=wsd",
+                      "--decay_fraction=0.4", "--warmup_iters=10"])
+    budget = TimeBudget(60.0, time.time() - 10.0, wsd)
+    budget.evaluated(2.0)
+    budget.window = (250, time.perf_counter() - 0.01)  # fast: 1000 more steps would fit,
+    assert budget.plan(270, wsd, planned=400) == 400  # but decaying (from 240), never longer
+    budget.window = (250, time.perf_counter() - 20.0)  # slow: 1 s a step
+    assert budget.plan(270, wsd, planned=400) < 400  # shorter, to end in time
 
 
 def test_a_time_budgeted_run_ends_in_time_and_resume_keeps_its_plan(data_dir, tmp_path):
