@@ -20,13 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from nanogpt.tokenizer import (
-    END_OF_TEXT,
-    GPT2_PATTERN,
-    BPETokenizer,
-    byte_to_unicode,
-    tokenizer_from_dict,
-)
+from nanogpt.tokenizer import END_OF_TEXT, BPETokenizer, byte_to_unicode, tokenizer_from_dict
 
 
 def save_hf_tokenizer(tokenizer_meta: dict, dest: Path, model_max_length: int) -> list[str]:
@@ -88,7 +82,7 @@ def byte_level_bpe_spec(tok: BPETokenizer) -> dict:
         merges += [[words[a], words[b]] for a, b in splits]
     model = _bpe_model({w: i for i, w in enumerate(words)}, merges, ignore_merges=True)
     pre_tokenizer = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": tok.pattern or GPT2_PATTERN},
+        {"type": "Split", "pattern": {"Regex": tok.pattern},
          "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
          "use_regex": False}]}
