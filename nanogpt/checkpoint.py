@@ -28,7 +28,7 @@ from nanogpt.tokenizer import tokenizer_from_dict
 CKPT_NAME = "ckpt.pt"
 LAST_NAME = "last.pt"
 CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss",
-                   "elapsed", "rng", "config", "tokenizer", "pretrained")
+                   "elapsed", "planned_iters", "rng", "config", "tokenizer", "pretrained")
 
 
 class CheckpointError(UserError):
@@ -46,7 +46,9 @@ class TrainState:
     iter_num: int = 0
     best_val_loss: float = math.inf
     elapsed: float = 0.0
-    """Seconds the run has trained so far, across resumes."""
+    """Seconds the run has taken so far (start-up included), across resumes."""
+    planned_iters: int | None = None
+    """The length a time-budgeted run planned for itself (a resume keeps to it)."""
     config: dict = field(default_factory=dict)
     """The run's TrainConfig, as a dict."""
     tokenizer: dict = field(default_factory=dict)
@@ -64,6 +66,7 @@ class TrainState:
             "iter_num": self.iter_num,
             "best_val_loss": self.best_val_loss,
             "elapsed": self.elapsed,
+            "planned_iters": self.planned_iters,
             "rng": get_rng_state(),
             "config": self.config,
             "tokenizer": self.tokenizer,
@@ -82,6 +85,7 @@ class TrainState:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         self.elapsed = ckpt.get("elapsed", 0.0)
+        self.planned_iters = ckpt.get("planned_iters")
         self.tokenizer, self.pretrained = ckpt["tokenizer"], ckpt.get("pretrained")
         set_rng_state(ckpt["rng"])
 
@@ -92,22 +96,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     try:
         atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"could not save the checkpoint to {path} "
-                              f"({_write_failure(e, Path(path).parent)})") from None
-
-
-def _write_failure(e: Exception, directory: Path) -> str:
-    """Why a write failed, in words: torch.save reports a full disk as a RuntimeError."""
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    try:
-        import shutil
-
-        if shutil.disk_usage(directory).free < 1 << 20:
-            return "No space left on device"
-    except OSError:
-        pass
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = e.strerror if isinstance(e, OSError) and e.strerror else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"could not save the checkpoint to {path} ({why})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

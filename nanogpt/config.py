@@ -20,8 +20,12 @@ from dataclasses import dataclass, field, fields
 
 from nanogpt.device import DType, check_device_name
 from nanogpt.errors import UserError
-from nanogpt.model import Attention, GPTConfig
+from nanogpt.model import Activation, Attention, GPTConfig, Norm, Positions
+from nanogpt.optim import OptimizerName
 from nanogpt.pretrained import GPT2_NAMES
+
+Schedule = typing.Literal["cosine", "wsd"]
+BatchOrder = typing.Literal["random", "epoch"]
 
 
 class ConfigError(UserError):
@@ -55,6 +59,9 @@ class TrainConfig:
                           "activation memory. 0: auto (on a CPU, chunks of at most 2048 "
                           "tokens; elsewhere 1).")
     block_size: int = _f(1024, "Context length in tokens.")
+    batch_order: BatchOrder = _f("random", "'random': each sequence a random window of the "
+                                 "split; 'epoch': every non-overlapping window once per epoch, "
+                                 "in a seeded order (batches stay a function of seed and step).")
     # model
     n_layer: int = _f(12, "Transformer blocks.")
     n_head: int = _f(12, "Attention heads per block.")
@@ -66,18 +73,42 @@ class TrainConfig:
                               "for reading), 'bmm' (manual in one batched matmul) or 'auto'.")
     fast_dropout: bool = _f(True, "On a CPU, cheap 16-bit dropout masks kept as bool "
                             "(nanogpt.dropout); False: torch's dropout.")
+    # model: the modern recipe, each switch off (GPT-2) by default
+    positions: Positions = _f("learned", "'learned' (GPT-2's table) or 'rope' (rotary).")
+    norm: Norm = _f("layernorm", "'layernorm' (GPT-2) or 'rmsnorm' (no weights).")
+    qk_norm: bool = _f(False, "RMS-normalise queries and keys per head.")
+    activation: Activation = _f("gelu", "MLP activation: 'gelu' (GPT-2) or 'relu2' (relu^2).")
+    tie_embeddings: bool = _f(True, "The head shares the token embedding (GPT-2).")
+    logit_softcap: float = _f(0.0, "> 0: logits = cap * tanh(logits / cap); 0 is off.")
+    zero_init: bool = _f(False, "Residual output projections (and an untied head) start at 0.")
     # optimizer
-    learning_rate: float = _f(6e-4, "Peak learning rate.")
+    optimizer: OptimizerName = _f("adamw", "'adamw', or 'muon': Muon for the hidden matrices "
+                                  "(muon_lr), AdamW for embeddings, head and 1-D parameters.")
+    learning_rate: float = _f(6e-4, "Peak learning rate (AdamW).")
     max_iters: int = _f(600000, "Total optimizer steps.")
-    weight_decay: float = _f(1e-1, "AdamW weight decay (matrices and embeddings only).")
+    time_budget: float = _f(0.0, "> 0: seconds of wall clock for the whole run (start-up and "
+                            "evals included); max_iters is then planned from the measured "
+                            "speed so that the final eval and checkpoint fit.")
+    weight_decay: float = _f(1e-1, "Weight decay of matrices and embeddings (AdamW; Muon's "
+                             "matrices too).")
     beta1: float = _f(0.9, "AdamW beta1.")
     beta2: float = _f(0.95, "AdamW beta2.")
     grad_clip: float = _f(1.0, "Clip the gradient norm to this value; 0 disables.")
-    # learning rate schedule
-    decay_lr: bool = _f(True, "Warmup then cosine decay; False keeps learning_rate constant.")
+    muon_lr: float = _f(0.02, "Muon's learning rate (optimizer='muon').")
+    muon_momentum: float = _f(0.95, "Muon's (Nesterov) momentum.")
+    embedding_lr: typing.Optional[float] = _f(None, "optimizer='muon': AdamW learning rate of "
+                                              "the embeddings; None: learning_rate.")
+    head_lr: typing.Optional[float] = _f(None, "optimizer='muon': AdamW learning rate of an "
+                                         "untied head; None: learning_rate.")
+    # learning rate schedule (every learning rate follows it in proportion)
+    decay_lr: bool = _f(True, "Warmup then decay; False keeps learning_rate constant.")
+    lr_schedule: Schedule = _f("cosine", "'cosine' (decay from the end of warmup) or 'wsd' "
+                               "(warmup, stable, then linear decay over the last "
+                               "decay_fraction of the run).")
+    decay_fraction: float = _f(0.2, "lr_schedule='wsd': the fraction of the run that decays.")
     warmup_iters: int = _f(2000, "Linear warmup steps.")
-    lr_decay_iters: typing.Optional[int] = _f(None, "Cosine decay ends here; None: max_iters.")
-    min_lr: float = _f(6e-5, "Learning rate floor after decay.")
+    lr_decay_iters: typing.Optional[int] = _f(None, "Decay ends here; None: max_iters.")
+    min_lr: float = _f(6e-5, "Learning rate floor after decay (AdamW; others in proportion).")
     # system
     device: str = _f("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
     dtype: DType = _f("auto", "'auto' (bf16 where the device has fast bf16, else float32), "
@@ -103,7 +134,10 @@ class TrainConfig:
                          n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
                          dropout=self.dropout, bias=self.bias, attention=self.attention,
                          fast_dropout=self.fast_dropout,
-                         activation_checkpointing=self.activation_checkpointing)
+                         activation_checkpointing=self.activation_checkpointing,
+                         positions=self.positions, norm=self.norm, qk_norm=self.qk_norm,
+                         activation=self.activation, tie_embeddings=self.tie_embeddings,
+                         logit_softcap=self.logit_softcap, zero_init=self.zero_init)
 
     def runtime_options(self) -> dict:
         """The model settings that do not touch the weights (model.RUNTIME_FIELDS): they
@@ -111,6 +145,10 @@ class TrainConfig:
         return dict(dropout=self.dropout, attention=self.attention,
                     fast_dropout=self.fast_dropout,
                     activation_checkpointing=self.activation_checkpointing)
+
+
+PLAN_MIN_STEPS = 5
+"""A time-budgeted run times at least this many steps before it plans its length."""
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -150,6 +188,21 @@ def validate(cfg: TrainConfig) -> None:
                           f"({cfg.warmup_iters}): the decay would end before warmup does")
     if cfg.grad_clip < 0 or cfg.weight_decay < 0:
         raise ConfigError("grad_clip and weight_decay must be >= 0")
+    for key in ("muon_lr", "embedding_lr", "head_lr"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.muon_momentum < 1.0:
+        raise ConfigError(f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
+    if not 0.0 < cfg.decay_fraction <= 1.0:
+        raise ConfigError(f"decay_fraction must be in (0, 1], got {cfg.decay_fraction}")
+    if cfg.time_budget < 0:
+        raise ConfigError(f"time_budget must be >= 0 seconds (0: off), got {cfg.time_budget}")
+    if cfg.time_budget and cfg.decay_lr and cfg.lr_schedule == "cosine" \
+            and cfg.warmup_iters < PLAN_MIN_STEPS:
+        raise ConfigError(f"time_budget with the cosine schedule plans the run during warmup: "
+                          f"use warmup_iters >= {PLAN_MIN_STEPS}, or lr_schedule='wsd'")
+    if cfg.time_budget and cfg.lr_decay_iters is not None:
+        raise ConfigError("time_budget plans the run's length: leave lr_decay_iters unset")
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")

@@ -285,9 +285,10 @@ class Dataset:
     meta: dict
 
     def sampler(self, split: str, block_size: int, batch_size: int, seed: int,
-                device: str = "cpu") -> "BatchSampler":
+                device: str = "cpu", order: str = "random", micro_steps_per_step: int = 1
+                ) -> "BatchSampler":
         return BatchSampler(str(self.dir / f"{split}.bin"), block_size, batch_size, seed,
-                            device, self.meta["dtype"])
+                            device, self.meta["dtype"], order, micro_steps_per_step)
 
 
 def open_dataset(data_dir: str | os.PathLike, dataset: str, prepare: bool = True) -> Dataset:
@@ -310,11 +311,16 @@ def open_dataset(data_dir: str | os.PathLike, dataset: str, prepare: bool = True
 
 @dataclass
 class BatchSampler:
-    """Random (x, y) windows from a token file, with y = x shifted by one.
+    """(x, y) windows of block_size tokens from a token file, with y = x shifted by one.
 
     Stateless: the batch for (step, micro_step) depends only on the seed and those two
     numbers, so a resumed run sees exactly the batches it would have seen, and under
     torchrun rank r takes micro-batches r, r + world, ... of the same global stream.
+
+    order 'random': each sequence starts anywhere in the split. order 'epoch': the split is
+    cut into non-overlapping windows (at an offset drawn per epoch) and each epoch takes every
+    window once, in an order drawn per epoch; sequence k of the run (counted over steps,
+    micro_steps_per_step micro-batches and batch_size rows) is position k of that sequence.
     """
 
     path: str
@@ -323,6 +329,8 @@ class BatchSampler:
     seed: int
     device: str = "cpu"
     dtype: str = "uint16"
+    order: str = "random"
+    micro_steps_per_step: int = 1
 
     def __post_init__(self) -> None:
         n = os.path.getsize(self.path) // np.dtype(self.dtype).itemsize
@@ -330,10 +338,33 @@ class BatchSampler:
         if self.num_windows < 1:
             raise UserError(f"block_size {self.block_size} is too large for {self.path} "
                             f"({n} tokens); use --block_size={max(1, n - 2)} or less")
+        if self.order not in ("random", "epoch"):
+            raise ValueError(f"order must be 'random' or 'epoch', got {self.order!r}")
+        # epoch order: windows at shift + j * block_size, shift in [0, slack]
+        self.epoch_windows = max(1, self.num_windows // self.block_size)
+        self._slack = self.num_windows - 1 - (self.epoch_windows - 1) * self.block_size
+        self._epochs: dict[int, tuple[int, torch.Tensor]] = {}
 
     def offsets(self, step: int, micro_step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(mix_seed(self.seed, step, micro_step))
-        return torch.randint(self.num_windows, (self.batch_size,), generator=g)
+        if self.order == "random":
+            g = torch.Generator().manual_seed(mix_seed(self.seed, step, micro_step))
+            return torch.randint(self.num_windows, (self.batch_size,), generator=g)
+        first = (step * self.micro_steps_per_step + micro_step) * self.batch_size
+        k = torch.arange(first, first + self.batch_size)
+        out = torch.empty_like(k)
+        for epoch in torch.unique(k // self.epoch_windows).tolist():
+            shift, order = self._epoch(epoch)
+            rows = k // self.epoch_windows == epoch
+            out[rows] = shift + order[k[rows] % self.epoch_windows] * self.block_size
+        return out
+
+    def _epoch(self, epoch: int) -> tuple[int, torch.Tensor]:
+        """(shift, window order) of an epoch, drawn from the seed and the epoch alone."""
+        if epoch not in self._epochs:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0x0E90C4))
+            shift = int(torch.randint(self._slack + 1, (1,), generator=g))
+            self._epochs = {epoch: (shift, torch.randperm(self.epoch_windows, generator=g))}
+        return self._epochs[epoch]
 
     def get_batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         # re-open the memmap for every batch: a long-lived one keeps its pages resident

@@ -17,7 +17,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            out = _RecordingFile(f)
+            try:
+                write(out)
+            except Exception as e:
+                if out.error is not None and out.error is not e:
+                    # writers such as torch.save report a failed write as their own error
+                    raise out.error from e
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -28,6 +35,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class _RecordingFile:
+    """A file that remembers the OSError its write raised (a full disk, say)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -3,11 +3,14 @@
 Parameter names follow OpenAI's GPT-2 (`transformer.wte`, `h.N.attn.c_attn`, `lm_head`, ...)
 so that GPT-2 weights load by name. Shape letters: B batch, T time, C channels (n_embd),
 H heads, D head size, V vocabulary.
+
+The default GPTConfig is GPT-2 exactly. Switches turn on the modern recipe of nanochat and
+modded-nanogpt, one at a time: rotary positions, RMSNorm without weights, QK-norm, ReLU^2,
+an untied head, a tanh soft-cap on the logits, zero-initialised output projections.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import typing
 from dataclasses import dataclass, replace
@@ -21,6 +24,9 @@ from nanogpt.dropout import Dropout
 
 Attention = typing.Literal["auto", "flash", "manual", "bmm"]
 ATTENTION_IMPLS = typing.get_args(Attention)
+Positions = typing.Literal["learned", "rope"]
+Norm = typing.Literal["layernorm", "rmsnorm"]
+Activation = typing.Literal["gelu", "relu2"]
 RUNTIME_FIELDS = ("dropout", "attention", "fast_dropout", "activation_checkpointing")
 """GPTConfig fields that do not change the weights: a saved model may load with others."""
 
@@ -48,6 +54,22 @@ class GPTConfig:
     activation_checkpointing: bool = False
     """Keep only each block's input in training and rerun the block in backward (with the
     same dropout masks): much less activation memory for up to 1.3x the step time."""
+    # the modern recipe: each switch off (GPT-2) by default
+    positions: Positions = "learned"
+    """'learned' (GPT-2's wpe table) or 'rope' (rotary embeddings applied to q and k)."""
+    norm: Norm = "layernorm"
+    """'layernorm' (GPT-2, with weights) or 'rmsnorm' (x / rms(x), no weights)."""
+    qk_norm: bool = False
+    """RMS-normalise queries and keys per head before attention (steadier at high lr)."""
+    activation: Activation = "gelu"
+    """MLP activation: 'gelu' (GPT-2) or 'relu2' (relu(x) squared)."""
+    tie_embeddings: bool = True
+    """lm_head shares the token embedding matrix (GPT-2); False gives the head its own."""
+    logit_softcap: float = 0.0
+    """> 0: logits become softcap * tanh(logits / softcap), bounded in (-softcap, softcap)."""
+    zero_init: bool = False
+    """Start the residual output projections (and an untied head) at zero: each block
+    begins as the identity."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -63,6 +85,15 @@ class GPTConfig:
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got "
                              f"{self.gelu_approximate!r}")
+        for name, kind in (("positions", Positions), ("norm", Norm), ("activation", Activation)):
+            if getattr(self, name) not in typing.get_args(kind):
+                raise ValueError(f"{name} must be one of {typing.get_args(kind)}, got "
+                                 f"{getattr(self, name)!r}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"positions='rope' needs an even head size, but n_embd / n_head "
+                             f"is {self.n_embd // self.n_head}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must be >= 0 (0: off), got {self.logit_softcap}")
 
     def with_runtime(self, **changes: object) -> "GPTConfig":
         """A copy with other RUNTIME_FIELDS values; ValueError for any other field."""
@@ -85,6 +116,40 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) over the last dimension, with no weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x)
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    if hasattr(F, "rms_norm"):  # torch >= 2.4: one fused op
+        return F.rms_norm(x, (x.size(-1),), eps=1e-6)
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm()
+    return LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rope_tables(length: int, head_size: int, base: float = 10000.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (length, head_size / 2) of the rotation angles pos / base^(2i / head_size)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + D/2]) of x (B, H, T, D) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -97,14 +162,20 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.attention = config.attention
         self.fast_dropout = config.fast_dropout
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: "KVCache | None" = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        if rope is not None:  # cos, sin (T, D / 2) of these T positions
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
         path = self.path(q.device)
@@ -165,11 +236,6 @@ def bmm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return (att @ v.flatten(0, 1)).view_as(q)
 
 
-def _torch_at_least(major: int, minor: int) -> bool:
-    version = torch.__version__.split("+")[0].split(".")
-    return (int(version[0]), int(version[1])) >= (major, minor)
-
-
 def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
     """(Tq, Tk) bool mask, True where query i (at absolute position Tk - Tq + i) may look."""
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
@@ -212,11 +278,19 @@ class KVCache(nn.Module):
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+class ReLU2(nn.Module):
+    """relu(x)^2 (Primer; modded-nanogpt, nanochat)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approximate)
+        self.gelu = (ReLU2() if config.activation == "relu2"
+                     else nn.GELU(approximate=config.gelu_approximate))
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout, config.fast_dropout)
 
@@ -227,13 +301,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -241,20 +316,30 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=Dropout(config.dropout, config.fast_dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd)))
+        if config.positions == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.transformer.drop = Dropout(config.dropout, config.fast_dropout)
+        self.transformer.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.transformer.ln_f = make_norm(config)
+        if config.positions == "rope":  # rotary: angle tables, not weights (never saved)
+            cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
-        # GPT-2: residual projections scaled down so the residual stream does not grow with depth
+        # GPT-2: residual projections scaled down so the residual stream does not grow with
+        # depth; zero_init: they start at zero, so each block starts as the identity
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init and not config.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -268,10 +353,10 @@ class GPT(nn.Module):
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position embeddings (as GPT-2 papers count).
 
-        The token embeddings count once: they are shared with lm_head.
+        Tied token embeddings count once: they are shared with lm_head.
         """
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -288,24 +373,37 @@ class GPT(nn.Module):
         if start_pos + T > self.config.block_size:
             raise ValueError(f"cannot forward {start_pos + T} positions: block_size is "
                              f"{self.config.block_size}")
-        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x, rope = self.transformer.wte(idx), None
+        if self.config.positions == "learned":
+            pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])
+        x = self.transformer.drop(x)
         # activation checkpointing: on a CPU the trainer's batch_split is the cheaper way to
         # bound memory; this is for when one chunk is still too big
         recompute = (self.config.activation_checkpointing and torch.is_grad_enabled()
                      and kv_caches is None)
         for i, block in enumerate(self.transformer.h):
             if recompute:  # keep only each block's input; rerun the block in backward
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, rope, use_reentrant=False)
             else:
-                x = block(x, kv_caches[i] if kv_caches is not None else None)
+                x = block(x, kv_caches[i] if kv_caches is not None else None, rope)
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
-        logits = self.lm_head(x)
+            return self.logits(x[:, [-1], :]), None
+        logits = self.logits(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1)
         return logits, loss
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head: final hidden states (B, T, C) -> logits (B, T, V), soft-capped if asked."""
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        if cap > 0:
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float | None = None,
@@ -324,23 +422,21 @@ class GPT(nn.Module):
         if not 0 < block_size <= self.config.block_size:
             raise ValueError(f"block_size must be in 1..{self.config.block_size}, got {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        else:
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float,
                              betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
         """AdamW that decays matrices and embeddings (dim >= 2) but not biases or norms."""
+        from nanogpt.optim import adamw  # optim builds on the model: import late
+
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        # fused: one kernel for every tensor; on CPU (torch >= 2.4) it is ~4x faster than the
-        # per-tensor loop, a few ms a step for the small CPU configs
-        fused_devices = ("cuda", "cpu") if _torch_at_least(2, 4) else ("cuda",)
-        fused = device_type in fused_devices \
-            and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        extra = {"fused": True} if fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        return adamw([{"params": [p for p in params if p.dim() >= 2],
+                       "weight_decay": weight_decay},
+                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                     learning_rate, betas, device_type)
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6N for the matmuls plus 12*L*C*T for attention (PaLM)."""

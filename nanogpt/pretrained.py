@@ -200,6 +200,21 @@ def load_pretrained_model(name_or_path: str, device: str | torch.device = "cpu")
 
 # ---- exporting ----
 
+GPT2_SETTINGS = {"positions": "learned", "norm": "layernorm", "qk_norm": False,
+                 "activation": "gelu", "tie_embeddings": True, "logit_softcap": 0.0}
+"""What GPT-2's format holds of GPTConfig's switches (zero_init only starts training)."""
+
+
+def check_exportable(config: GPTConfig) -> None:
+    """PretrainedError naming the first switch GPT-2's format cannot hold."""
+    for key, gpt2 in GPT2_SETTINGS.items():
+        if getattr(config, key) != gpt2:
+            raise PretrainedError(f"GPT-2's format cannot hold this model: it has "
+                                  f"{key}={getattr(config, key)!r}, GPT-2 has {key}={gpt2!r}; "
+                                  f"only models trained with GPT-2's settings export to "
+                                  f"transformers")
+
+
 def hf_config_for(config: GPTConfig, tokenizer_meta: dict | None = None) -> dict:
     """An HF GPT-2 config.json dict describing a nanogpt model."""
     hf = {
@@ -258,6 +273,7 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     except ImportError:
         raise PretrainedError("exporting needs safetensors: pip install safetensors "
                               "(or pip install 'nanogpt[hf]')") from None
+    check_exportable(model.config)
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise PretrainedError(f"{dest} exists and is not a directory; pass a directory to --to")

@@ -8,6 +8,7 @@ on it and are read at log intervals, evaluations and saves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -27,13 +28,14 @@ from nanogpt.checkpoint import (
     newest_checkpoint,
     save_checkpoint,
 )
-from nanogpt.config import TrainConfig, format_config
+from nanogpt.config import PLAN_MIN_STEPS, TrainConfig, format_config
 from nanogpt.data import BatchSampler, Dataset, open_dataset
 from nanogpt.device import autocast, resolve_device, resolve_dtype, set_num_threads
 from nanogpt.distributed import DistInfo, max_over_ranks, on_rank0_first, sum_over_ranks
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.flops import peak_flops
 from nanogpt.model import GPT
+from nanogpt.optim import build_optimizer
 from nanogpt.randomness import mix_seed, seed_everything
 from nanogpt.rundir import RunLock, RunLog, remove_stale_files, save_run_config
 from nanogpt.signals import GracefulStop
@@ -41,11 +43,14 @@ from nanogpt.tokenizer import GPT2Tokenizer, token_byte_lengths
 
 log = logging.getLogger("nanogpt")
 
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "positions",
+              "norm", "qk_norm", "activation", "tie_embeddings", "logit_softcap")
+"""Model settings a resume must keep: they make the weights, or what the weights compute."""
 # batch_split=0 on a CPU: chunks of at most this many tokens. On the baby GPT (batch 64 x block
 # 256, 2 cores) 8 chunks of 2048 tokens made a step 1.4-1.5x faster than one chunk (less memory
 # traffic) and cut the peak RSS from 5.3 GB to 1.4 GB; 4 chunks: as fast, 2.3 GB.
 CPU_CHUNK_TOKENS = 2048
+NO_CHECKPOINT = "none yet"
 
 
 class TrainingDiverged(UserError):
@@ -63,8 +68,14 @@ class TrainResult:
     """The trained model, as it is at the end of the run (in memory)."""
 
 
-def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
-    """Train a GPT as cfg says. User mistakes raise UserError before out_dir changes."""
+def train(cfg: TrainConfig, dist: DistInfo | None = None,
+          start_time: float | None = None) -> TrainResult:
+    """Train a GPT as cfg says. User mistakes raise UserError before out_dir changes.
+
+    start_time (Unix time; default now) is when the run began: the log's `elapsed` and
+    cfg.time_budget count from it (train.py passes its process start).
+    """
+    start_time = time.time() if start_time is None else start_time
     dist = dist or DistInfo()
     set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
@@ -75,7 +86,9 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
                               "lock out_dir and prepare the dataset")
         if data is None:  # another rank: rank 0 prepared it
             data = open_dataset(cfg.data_dir, cfg.dataset, prepare=False)
-        train_data = data.sampler("train", cfg.block_size, cfg.batch_size, cfg.seed, device)
+        train_data = data.sampler("train", cfg.block_size, cfg.batch_size, cfg.seed, device,
+                                  cfg.batch_order,
+                                  cfg.gradient_accumulation_steps * dist.world_size)
         eval_data = {s: data.sampler(s, cfg.block_size, cfg.batch_size, cfg.seed + 1 + i, device)
                      for i, s in enumerate(("train", "val"))}
         token_bytes = torch.tensor(token_byte_lengths(data.meta["tokenizer"]), device=device)
@@ -95,10 +108,13 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
             save_run_config(cfg.out_dir, cfg.to_dict())
         jlog = RunLog(cfg.out_dir if dist.is_master else None, append=cfg.init_from == "resume")
         _log_start(cfg, state, device, dtype, dist, tokens_per_iter, split, resumed_from, jlog)
-        clock_start = time.time() - state.elapsed  # elapsed counts on across resumes
+        clock_start = start_time - state.elapsed  # elapsed counts on across resumes
+        budget = TimeBudget(cfg.time_budget, clock_start, cfg) if cfg.time_budget else None
+        if state.planned_iters is not None:  # a resumed time-budgeted run keeps its plan
+            cfg = planned(cfg, state.planned_iters)
         watch = DivergenceWatch(device)
         peak = peak_flops(device, dtype)
-        last_good = f"{resumed_from} (iter {state.iter_num})" if resumed_from else "none yet"
+        last_good = f"{resumed_from} (iter {state.iter_num})" if resumed_from else NO_CHECKPOINT
         stop = run.enter_context(GracefulStop())
         bar = run.enter_context(_progress_bar(cfg, state.iter_num, dist))
         losses: dict[str, float] = {}
@@ -109,6 +125,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
             # evaluate, and checkpoint what improved
             if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters \
                     or cfg.eval_only:
+                t_eval = time.perf_counter()
                 watch.check(dist, last_good)
                 losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split,
                                        token_bytes)
@@ -125,6 +142,8 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
                     last_good = save(state, checkpoint_path(cfg.out_dir), clock_start, dist,
                                      jlog, "eval", last_good)
                 t_log, steps_since_log = time.perf_counter(), 0  # eval time is not step time
+                if budget:
+                    budget.evaluated(t_log - t_eval)
             if state.iter_num >= cfg.max_iters or cfg.eval_only:
                 break
 
@@ -139,6 +158,16 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
             state.iter_num += 1
             steps_since_log += 1
             bar.update(1)
+
+            # a time budget: plan the run's length from the measured speed
+            if budget and budget.due(state.iter_num, cfg, state.planned_iters):
+                loss.item()  # wait for the device: the steps so far are really done
+                state.planned_iters = budget.plan(state.iter_num, cfg)
+                cfg = planned(cfg, state.planned_iters)
+                bar.total = cfg.max_iters
+                bar.refresh()
+                jlog.write(event="plan", iter=state.iter_num, max_iters=cfg.max_iters,
+                           step_ms=budget.step_seconds * 1000, eval_s=budget.eval_seconds)
 
             # log: the step's one wait for the device
             at_log = state.iter_num % cfg.log_interval == 0
@@ -172,7 +201,10 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainResult:
 # ---- the leaves of one step ----
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup (never 0 at step 0), cosine decay to min_lr, then min_lr."""
+    """The learning rate of step it: linear warmup (never 0 at step 0), then decay to min_lr
+    by lr_decay_iters (default max_iters): cosine from the end of warmup, or for 'wsd' flat
+    until the last decay_fraction of the run, then linear. Other groups' rates (Muon,
+    embeddings) follow in proportion."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters
@@ -180,6 +212,12 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it >= decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        decay_start = max(cfg.warmup_iters, decay_iters * (1 - cfg.decay_fraction))
+        if it < decay_start:
+            return cfg.learning_rate
+        ratio = (it - decay_start) / max(1, decay_iters - decay_start)
+        return cfg.learning_rate + ratio * (cfg.min_lr - cfg.learning_rate)
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
@@ -221,7 +259,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     backward of the last chunk. grad_clip 0 measures the norm without clipping.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     no_sync = getattr(model, "no_sync", None)  # DDP
     loss_sum = None
     for i, (x, y, seed) in enumerate(batches):
@@ -327,10 +365,84 @@ def save(state: TrainState, path: Path, clock_start: float, dist: DistInfo, jlog
         try:
             save_checkpoint(path, state.to_checkpoint())
         except CheckpointError as e:
-            raise CheckpointError(f"{e}; the last good checkpoint is {last_good}; make room "
+            if last_good == NO_CHECKPOINT:
+                raise CheckpointError(f"{e}; no checkpoint of this run was saved before; fix "
+                                      f"that and start again") from None
+            raise CheckpointError(f"{e}; the last good checkpoint is {last_good}; fix that "
                                   f"and resume with --init_from=resume") from None
         jlog.write(event="checkpoint", iter=state.iter_num, reason=reason, path=str(path))
     return f"{path} (iter {state.iter_num})"
+
+
+class TimeBudget:
+    """Plans the length of a run that must end within `seconds` of `start` (Unix time),
+    final evaluation and checkpoint included, from the measured step and eval times.
+
+    The first plan comes once PLAN_MIN_STEPS steps are timed. With the 'wsd' schedule, whose
+    learning rate stays flat until the decay, the plan is made again from the latest timings
+    every 5% of the budget until the decay begins, so a machine that slows down or speeds up
+    still ends on time with a whole decay. A cosine schedule is planned once, during warmup.
+    """
+
+    def __init__(self, seconds: float, start: float, cfg: TrainConfig):
+        self.seconds, self.start = seconds, start
+        self.cap = cfg.max_iters  # the plan never goes past the configured max_iters
+        self.replan = cfg.lr_schedule == "wsd"
+        self.eval_seconds = 0.0
+        self.step_seconds = 0.0
+        self.window: tuple[int, float] | None = None  # (iter, perf_counter) of a sync point
+        self.last_plan = -math.inf  # perf_counter of the last plan
+
+    def evaluated(self, seconds: float) -> None:
+        """An evaluation (and its save) took seconds; the device is idle now."""
+        self.eval_seconds = max(self.eval_seconds, seconds)
+        self.window = None
+
+    def due(self, iter_num: int, cfg: TrainConfig, planned: int | None) -> bool:
+        """Whether to plan now (the first step after an evaluation or plan is not timed)."""
+        now = time.perf_counter()
+        if self.window is None:
+            self.window = (iter_num, now)
+            return False
+        steps, seconds = iter_num - self.window[0], now - self.window[1]
+        if steps < PLAN_MIN_STEPS or seconds < min(2.0, 0.01 * self.seconds):
+            return False
+        if planned is None:
+            return True
+        decay_start = max(cfg.warmup_iters, planned * (1 - cfg.decay_fraction))
+        return self.replan and iter_num < decay_start - 1 \
+            and now - self.last_plan >= 0.05 * self.seconds
+
+    def plan(self, iter_num: int, cfg: TrainConfig) -> int:
+        """The most steps (at most the configured max_iters) whose remaining steps,
+        evaluations and final checkpoint end before the budget, with a margin of 2% + 1 s.
+        Call when the device has finished the steps so far."""
+        now = time.perf_counter()
+        self.step_seconds = (now - self.window[1]) / (iter_num - self.window[0])
+        self.window, self.last_plan = (iter_num, now), now
+        left = self.seconds - (time.time() - self.start) - (0.02 * self.seconds + 1.0)
+
+        def cost(n: int) -> float:
+            evals = n // cfg.eval_interval - iter_num // cfg.eval_interval \
+                + (n % cfg.eval_interval != 0)
+            return (n - iter_num) * self.step_seconds + evals * self.eval_seconds
+
+        n = self.cap
+        if cost(n) > left:
+            per_step = self.step_seconds + self.eval_seconds / cfg.eval_interval
+            n = max(iter_num, min(n, iter_num + int((left - self.eval_seconds) / per_step)))
+            while n > iter_num and cost(n) > left:
+                n -= 1
+            while n < self.cap and cost(n + 1) <= left:
+                n += 1
+        log.info("time budget %.0f s: %.1f ms/step, %.1f s/eval: %d steps in all",
+                 self.seconds, self.step_seconds * 1000, self.eval_seconds, n)
+        return n
+
+
+def planned(cfg: TrainConfig, max_iters: int) -> TrainConfig:
+    """cfg with the planned length (the schedule decays to it)."""
+    return dataclasses.replace(cfg, max_iters=max_iters)
 
 
 def stop_requested(stop: GracefulStop, dist: DistInfo, device: str, agree: bool) -> bool:
@@ -408,8 +520,11 @@ def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
         model = GPT(cfg.model_config(data.meta["vocab_size"]))
     model.to(device)
     kind = device.split(":")[0]
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                           (cfg.beta1, cfg.beta2), kind)
+    optimizer = build_optimizer(
+        model, cfg.optimizer, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        betas=(cfg.beta1, cfg.beta2), device_type=kind, muon_lr=cfg.muon_lr,
+        muon_momentum=cfg.muon_momentum, embedding_lr=cfg.embedding_lr, head_lr=cfg.head_lr,
+        ns_dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     scaler = torch.amp.GradScaler(kind) if dtype == "float16" else None
     state = TrainState(model, optimizer, scaler, config=cfg.to_dict(),
                        tokenizer=data.meta["tokenizer"], pretrained=pretrained)

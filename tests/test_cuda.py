@@ -91,3 +91,32 @@ def test_fused_adamw_on_cuda():
     gpt(idx, idx)[1].backward()
     optimizer.step()  # the fused kernel accepts these parameters
     assert not torch.equal(before, gpt.lm_head.weight)
+
+
+def test_training_steps_never_wait_for_the_gpu(data_dir):
+    """Between log intervals the CPU queues step after step: no host-device sync."""
+    from nanogpt import trainer
+    from nanogpt.data import open_dataset
+    from nanogpt.distributed import DistInfo
+
+    cfg = parse_args(tiny_args(data_dir, "unused", device=DEVICE, dtype="bfloat16",
+                               gradient_accumulation_steps=2))
+    data = open_dataset(data_dir, "shakespeare_char")
+    state = trainer.build_state(cfg, data, None, DEVICE, "bfloat16")
+    sampler = data.sampler("train", cfg.block_size, cfg.batch_size, cfg.seed, DEVICE)
+    watch = trainer.DivergenceWatch(DEVICE)
+
+    def step(i: int) -> None:
+        batches = trainer.micro_batches(sampler, cfg.seed, i, 2, DistInfo())
+        loss, norm = trainer.train_step(state.model, state.optimizer, batches, lr=1e-3,
+                                        grad_clip=1.0, ctx=autocast(DEVICE, "bfloat16"))
+        watch.record(i, loss, norm)
+
+    step(0)  # first use: allocations, library handles
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 4):
+            step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    watch.check(DistInfo(), "none")  # the one read, as at a log interval

@@ -155,3 +155,23 @@ def test_a_failing_rank_ends_the_whole_job(ddp_run, tmp_path):
     # SIGKILL 30 s later (nor train on alone for 100000 steps)
     assert "Unable to shutdown process" not in r.stderr
     assert seconds < ddp_seconds + 20, r.stderr[-3000:]
+
+
+def test_the_modern_recipe_on_two_ranks_trains_like_one(ddp_run, tmp_path):
+    """RoPE, RMSNorm, QK-norm, ReLU^2, untied head, soft-cap, Muon, WSD and epoch batches:
+    2 ranks x 2 micro-steps == 1 process x 4, as for GPT-2."""
+    from tests.test_modern import MODERN_TRAINING
+
+    data_dir = ddp_run[0]
+    settings = {**SETTINGS, **MODERN_TRAINING}
+    outs = {"ddp": tmp_path / "ddp", "single": tmp_path / "single"}
+    r = torchrun(tiny_args(data_dir, outs["ddp"], gradient_accumulation_steps=2, **settings))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_script("train.py", tiny_args(data_dir, outs["single"], gradient_accumulation_steps=4,
+                                         **settings), timeout=LAUNCH_TIMEOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ddp, single = weights(outs["ddp"]), weights(outs["single"])
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert [e["loss"] for e in read_log(outs["ddp"], "train")] == pytest.approx(
+        [e["loss"] for e in read_log(outs["single"], "train")], rel=1e-5)

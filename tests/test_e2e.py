@@ -47,7 +47,8 @@ def test_prepare_train_sample_as_a_user(tmp_path, shakespeare_text):
     out = tmp_path / "out"
     result = run_script("train.py", tiny_args(data_dir, out, max_iters=30, eval_interval=15))
     assert result.returncode == 0, result.stderr
-    assert "number of parameters" in result.stdout and "dataset = 'shakespeare_char'" in result.stdout
+    assert "number of parameters" in result.stdout
+    assert "dataset = 'shakespeare_char'" in result.stdout
     assert (data_dir / "shakespeare_char" / "train.bin").exists()
     evals = read_log(out, "eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3

@@ -11,7 +11,7 @@ def tiny(attention="auto", **kw) -> GPT:
     return tiny_gpt(attention=attention, **{"n_head": 4, "n_embd": 32, **kw})
 
 
-@pytest.mark.parametrize("attention", ["flash", "manual"])
+@pytest.mark.parametrize("attention", ["flash", "manual", "bmm"])
 def test_future_tokens_do_not_change_past_logits(attention):
     model = tiny(attention).eval()
     idx = torch.randint(0, 37, (2, 16))
@@ -25,17 +25,17 @@ def test_future_tokens_do_not_change_past_logits(attention):
         assert not torch.allclose(logits2[:, t + 1:], logits[:, t + 1:])
 
 
-def test_flash_and_manual_attention_agree_in_outputs_and_gradients():
-    flash, manual = tiny("flash"), tiny("manual")
-    manual.load_state_dict(flash.state_dict())
+@pytest.mark.parametrize("other", ["flash", "bmm"])
+def test_attention_paths_agree_with_the_manual_one_in_outputs_and_gradients(other):
+    manual, fast = tiny("manual"), tiny(other)  # the same seed: the same weights
     idx = torch.randint(0, 37, (3, 16))
     tgt = torch.randint(0, 37, (3, 16))
-    lf, loss_f = flash(idx, tgt)
     lm, loss_m = manual(idx, tgt)
+    lf, loss_f = fast(idx, tgt)
     torch.testing.assert_close(lf, lm, rtol=0, atol=1e-5)
     loss_f.backward()
     loss_m.backward()
-    for (name, pf), (_, pm) in zip(flash.named_parameters(), manual.named_parameters()):
+    for (name, pf), (_, pm) in zip(fast.named_parameters(), manual.named_parameters()):
         torch.testing.assert_close(pf.grad, pm.grad, rtol=0, atol=1e-5, msg=name)
 
 

@@ -9,7 +9,9 @@ import torch
 
 from nanogpt import fileio
 from nanogpt.checkpoint import (
+    CHECKPOINT_KEYS,
     CheckpointError,
+    TrainState,
     load_checkpoint,
     load_model,
     save_checkpoint,
@@ -18,7 +20,7 @@ from nanogpt.config import TrainConfig, parse_args
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.model import GPT
 from nanogpt.trainer import TrainingDiverged, get_lr, train
-from tests.conftest import read_log, tiny_args
+from tests.conftest import read_log, tiny_args, tiny_gpt
 
 
 def test_lr_schedule_warmup_peak_cosine_floor():
@@ -45,16 +47,54 @@ def test_tiny_run_learns_and_writes_checkpoint_and_log(data_dir, tmp_path):
     assert len(read_log(out, "train")) == 40
 
 
-def test_checkpoint_round_trip_gives_identical_logits(data_dir, tmp_path):
+def assert_same(a, b, where="checkpoint"):
+    """Equal dicts / lists / tensors / values, recursively, tensors bit for bit."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_train_state_save_and_restore_are_symmetric(tmp_path):
+    """Every field and tensor of a trained state survives save -> load -> restore."""
+    model = tiny_gpt(dropout=0.1)
+    state = TrainState(model, model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu"),
+                       iter_num=7, best_val_loss=1.25, elapsed=3.5, config={"n_layer": 2},
+                       tokenizer={"kind": "char", "chars": list("abc")}, pretrained="gpt2")
+    x = torch.randint(0, 37, (4, 16))
+    for _ in range(3):  # optimizer moments and step counts worth restoring
+        state.model(x, x)[1].backward()
+        state.optimizer.step()
+        state.optimizer.zero_grad()
+    torch.rand(5)  # move the RNG away from its seed
+    saved = state.to_checkpoint()
+    assert set(saved) == set(CHECKPOINT_KEYS)
+    save_checkpoint(tmp_path / "ckpt.pt", saved)
+
+    fresh = tiny_gpt(seed=1, dropout=0.1)
+    restored = TrainState(fresh, fresh.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu"),
+                          config={"n_layer": 2})
+    torch.manual_seed(123)
+    restored.restore(load_checkpoint(tmp_path / "ckpt.pt"))
+    assert_same(restored.to_checkpoint(), saved)  # rng included: restore set it back
+
+
+def test_the_trained_model_in_memory_is_the_one_on_disk(data_dir, tmp_path):
     out = tmp_path / "out"
-    train(parse_args(tiny_args(data_dir, out, max_iters=10, eval_interval=10)))
+    result = train(parse_args(tiny_args(data_dir, out, max_iters=10, eval_interval=10,
+                                        dropout=0.1)))
     model, tok = load_model(out)
-    ckpt = load_checkpoint(out / "ckpt.pt")
-    again = GPT(model.config)
-    again.load_state_dict(ckpt["model"])
-    again.eval()
-    idx = torch.tensor([tok.encode("ROMEO:\nWhat say")])
-    torch.testing.assert_close(model(idx, idx)[0], again(idx, idx)[0], rtol=0, atol=0)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert result.iter_num == load_checkpoint(out / "ckpt.pt")["iter_num"] == 10
     assert tok.decode(tok.encode("ROMEO:")) == "ROMEO:"
 
 
@@ -258,3 +298,35 @@ def test_batch_split_auto(batch_size, block_size, device, setting, chunks):
 
     cfg = TrainConfig(batch_size=batch_size, block_size=block_size, batch_split=setting)
     assert resolve_batch_split(cfg, device) == chunks
+
+
+def test_steps_between_log_intervals_never_wait_for_the_device(data_dir, tmp_path,
+                                                                monkeypatch):
+    """Reading a tensor's value (.item(), .tolist(), float(), int(), bool()) makes the host
+    wait for the device; training does it only at log intervals, evaluations and saves."""
+    from nanogpt import trainer
+
+    reads: dict[int, int] = {}
+    current = {"it": -1}
+    real_get_lr = trainer.get_lr
+
+    def get_lr(it, cfg):  # called once at the start of each step
+        current["it"] = it
+        return real_get_lr(it, cfg)
+
+    monkeypatch.setattr(trainer, "get_lr", get_lr)
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, **k):
+            reads[current["it"]] = reads.get(current["it"], 0) + 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    train(parse_args(tiny_args(data_dir, tmp_path / "out", max_iters=20, eval_interval=10,
+                               log_interval=5, dropout=0.1, batch_split=2,
+                               gradient_accumulation_steps=2)))
+    monkeypatch.undo()
+    logged = {it for it in range(20) if (it + 1) % 5 == 0}
+    assert set(reads) - {-1} <= logged, reads  # -1: set-up and the first evaluation
+    assert all(reads.get(it) for it in logged)  # the counting sees the reads that do happen
