@@ -39,7 +39,7 @@ from nanogpt.optim import build_optimizer
 from nanogpt.randomness import mix_seed, seed_everything
 from nanogpt.rundir import RunLock, RunLog, remove_stale_files, save_run_config
 from nanogpt.signals import GracefulStop
-from nanogpt.tokenizer import GPT2Tokenizer
+from nanogpt.tokenizer import GPT2Tokenizer, token_byte_lengths
 
 log = logging.getLogger("nanogpt")
 
@@ -63,7 +63,7 @@ class TrainResult:
     best_val_loss: float
     out_dir: str
     losses: dict[str, float] = field(default_factory=dict)
-    """The last evaluation's mean loss per split."""
+    """The last evaluation's mean loss per split, and bits per byte ('val_bpb', ...)."""
     model: GPT | None = None
     """The trained model, as it is at the end of the run (in memory)."""
 
@@ -91,6 +91,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                                   cfg.gradient_accumulation_steps * dist.world_size)
         eval_data = {s: data.sampler(s, cfg.block_size, cfg.batch_size, cfg.seed + 1 + i, device)
                      for i, s in enumerate(("train", "val"))}
+        token_bytes = torch.tensor(token_byte_lengths(data.meta["tokenizer"]), device=device)
         ckpt, resumed_from = read_start_checkpoint(cfg, data)
         state = build_state(cfg, data, ckpt, device, dtype)
         del ckpt  # its tensors now live in the state
@@ -126,11 +127,13 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                     or cfg.eval_only:
                 t_eval = time.perf_counter()
                 watch.check(dist, last_good)
-                losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split)
-                log.info("step %d: train loss %.4f, val loss %.4f", state.iter_num,
-                         losses["train"], losses["val"])
+                losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split,
+                                       token_bytes)
+                log.info("step %d: train loss %.4f, val loss %.4f, val bpb %.4f",
+                         state.iter_num, losses["train"], losses["val"], losses["val_bpb"])
                 jlog.write(event="eval", iter=state.iter_num, train_loss=losses["train"],
-                           val_loss=losses["val"], time=time.time(),
+                           val_loss=losses["val"], train_bpb=losses["train_bpb"],
+                           val_bpb=losses["val_bpb"], time=time.time(),
                            elapsed=time.time() - clock_start)
                 improved = losses["val"] < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, losses["val"])
@@ -284,25 +287,36 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
                   ctx=contextlib.nullcontext(), dist: DistInfo = DistInfo(),
-                  chunks: int = 1) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches per split, shared out among the ranks.
+                  chunks: int = 1, token_bytes: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean loss over eval_iters fixed batches per split, shared out among the ranks; with
+    token_bytes (bytes of text per token id, on the device) also '<split>_bpb', bits per
+    byte: the summed loss of the targets, in bits, over the bytes of text they decode to.
+    Special tokens count 0 bytes, but their loss counts: marking document ends has a cost.
 
     Eval batches come from their own seeded stream: they never move the training stream or
     the global RNG, and every eval sees the same batches, so evals compare like with like.
     Rank r takes batches r, r + world_size, ...: any world size averages the same batches.
+    Sums stay on the device until the end of each split: no batch waits for the device.
     """
     was_training = model.training
     model.eval()
     out = {}
     for split, sampler in samplers.items():
         total = torch.zeros((), device=sampler.device)
+        n_bytes = torch.zeros((), dtype=torch.long, device=sampler.device)
         for k in range(dist.rank, eval_iters, dist.world_size):
             x, y = sampler.get_batch(k)
             for xc, yc, weight in batch_chunks(x, y, chunks):
                 with ctx:
                     _, loss = model(xc, yc)
                 total += loss.float() * weight
+                if token_bytes is not None:
+                    n_bytes += token_bytes[yc].sum()
         out[split] = (sum_over_ranks(total, dist) / eval_iters).item()
+        if token_bytes is not None:  # every batch has as many targets: loss sum = mean x count
+            nats = out[split] * eval_iters * sampler.batch_size * sampler.block_size
+            n_bytes = sum_over_ranks(n_bytes, dist).item()
+            out[f"{split}_bpb"] = nats / (math.log(2) * n_bytes) if n_bytes else math.nan
     model.train(was_training)
     return out
 
