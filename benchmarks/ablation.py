@@ -57,7 +57,7 @@ def run(config: str, data_dir: Path, flags: list[str], max_iters: int) -> tuple[
         raise SystemExit(f"error: {flags} failed: {proc.stderr.strip().splitlines()[-1:]}")
     model, _ = load_model(out)
     val = np.fromfile(data_dir / "shakespeare_char" / "val.bin", dtype=np.uint16)
-    return seconds, full_val_loss(model, val, model.config.block_size)
+    return seconds, full_val_loss(model, val, model.config.block_size)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ def run_ours(config: str, work: Path, extra: list[str]) -> dict:
                       dtype=np.uint16)
     return {"name": Path(config).stem + (" " + " ".join(extra) if extra else ""),
             "seconds": seconds, "steps": ckpt["iter_num"], "log": out / "log.jsonl",
-            "val": full_val_loss(model, val, model.config.block_size)}
+            "val": full_val_loss(model, val, model.config.block_size)[0]}
 
 
 def run_nanogpt(checkout: Path, work: Path) -> dict:
@@ -100,7 +100,7 @@ def run_nanogpt(checkout: Path, work: Path) -> dict:
                          capture_output=True, text=True).stdout.strip()
     return {"name": f"nanoGPT {rev} CPU settings".replace("  ", " "),
             "seconds": seconds, "steps": ckpt["iter_num"], "log": out / "log.jsonl",
-            "val": full_val_loss(model, val, ckpt["model_args"]["block_size"])}
+            "val": full_val_loss(model, val, ckpt["model_args"]["block_size"])[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

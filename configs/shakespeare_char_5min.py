@@ -1,9 +1,9 @@
 # The best char-level Shakespeare in 5 minutes of wall clock on a laptop CPU (start-up, evals
-# and the final checkpoint included): the modern recipe with dropout against overfitting.
+# and the final checkpoint included): the modern recipe, 4 layers x 128, block 128.
 # python train.py --config configs/shakespeare_char_5min.py
 out_dir = "out-5min"
 time_budget = 300  # seconds; the run plans max_iters from its measured speed
-eval_interval = 500
+eval_interval = 1000
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
@@ -16,7 +16,7 @@ batch_order = "epoch"
 n_layer = 4
 n_head = 4
 n_embd = 128
-dropout = 0.2
+dropout = 0.0
 
 positions = "rope"
 norm = "rmsnorm"
