@@ -1,15 +1,16 @@
 """Prepare your own text for training: a UTF-8 file, a folder of files, or an http(s) URL.
 
-python data/prepare.py --input notes.txt --tokenizer gpt2 --out data/notes
+python data/prepare.py --input notes.txt --tokenizer bpe --vocab_size 4096 --out data/notes
 python train.py --dataset notes ...
 
 Writes train.bin / val.bin (first 90% / last 10% of the characters, as uint16 token ids, or
 uint32 for a vocabulary over 65,536) and meta.json (the tokenizer, as JSON) into --out.
+Files are read and tokenized in pieces: memory stays bounded whatever the size of the input.
 """
 import argparse
 import sys
 
-from nanogpt.data import TOKENIZERS, prepare_text
+from nanogpt.prepare import BPE_TRAIN_CHARS, DEFAULT_BPE_VOCAB, TOKENIZERS, prepare_text
 from nanogpt.errors import UserError
 
 
@@ -18,11 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", required=True, help="text file, folder of text files, or URL")
     p.add_argument("--out", required=True, help="dataset directory, e.g. data/notes")
     p.add_argument("--tokenizer", choices=TOKENIZERS, default="char",
-                   help="char: one token per character; gpt2: GPT-2 BPE (needs tiktoken)")
+                   help="char: one token per character; gpt2: GPT-2 BPE; bpe: a byte-level "
+                        "BPE trained on the training part of your text (gpt2 and bpe need "
+                        "pip install -e '.[bpe]')")
+    p.add_argument("--vocab_size", type=int, default=None,
+                   help=f"ids of the trained BPE, <|endoftext|> included (--tokenizer bpe; "
+                        f"default {DEFAULT_BPE_VOCAB})")
+    p.add_argument("--bpe_train_chars", type=lambda s: int(float(s)), default=BPE_TRAIN_CHARS,
+                   help=f"the BPE learns from at most about this many characters of the "
+                        f"training text, an even sample (default {BPE_TRAIN_CHARS:.0e})")
     p.add_argument("--val_fraction", type=float, default=0.1)
     args = p.parse_args(argv)
     try:
-        meta = prepare_text(args.input, args.out, args.tokenizer, args.val_fraction)
+        meta = prepare_text(args.input, args.out, args.tokenizer, args.val_fraction,
+                            args.vocab_size, args.bpe_train_chars)
     except UserError as e:
         sys.exit(f"error: {e}")
     print(f"{args.tokenizer} tokenizer, vocab size {meta['vocab_size']}: "

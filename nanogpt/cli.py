@@ -212,13 +212,14 @@ def export_main(argv: list[str] | None = None) -> int:
 
 def _export(argv: list[str]) -> int:
     p = _OneLineParser(prog="export.py", description="Export a nanogpt checkpoint as a Hugging "
-                       "Face GPT-2 directory (config.json + model.safetensors) that "
-                       "transformers.GPT2LMHeadModel.from_pretrained loads.")
+                       "Face GPT-2 directory (config.json, model.safetensors and the "
+                       "tokenizer's files) that transformers' AutoModelForCausalLM, "
+                       "AutoTokenizer and pipeline load.")
     p.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
     p.add_argument("--to", required=True, help="directory to write")
     args = p.parse_args(argv)
     from nanogpt.pretrained import export_checkpoint
 
     dest = export_checkpoint(args.out_dir, args.to)
-    print(f"wrote {dest / 'config.json'} and {dest / 'model.safetensors'}")
+    print(f"wrote {dest}: " + ", ".join(sorted(p.name for p in dest.iterdir())))
     return 0

@@ -1,7 +1,8 @@
-"""Tokenizers, dataset preparation (train.bin / val.bin / meta.json) and batch sampling.
+"""Datasets: writing them (train.bin / val.bin / meta.json), checking them, sampling batches.
 
 A prepared dataset directory holds `train.bin` and `val.bin` (token ids, uint16 or uint32)
-and `meta.json` (vocab_size, dtype and the tokenizer, as JSON; never pickle).
+and `meta.json` (vocab_size, dtype and the tokenizer, as JSON; never pickle). Your own text
+becomes one through nanogpt.prepare.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.download import TINY_SHAKESPEARE, download, known_file
+from nanogpt.download import TINY_SHAKESPEARE, known_file
 from nanogpt.errors import UserError
 from nanogpt.fileio import atomic_write
 from nanogpt.randomness import mix_seed
 from nanogpt.tokenizer import (  # noqa: F401 - re-exported: nanogpt.data.CharTokenizer
+    BPETokenizer,
     CharTokenizer,
     GPT2Tokenizer,
     UnknownCharactersError,
@@ -58,24 +60,79 @@ def write_meta(out_dir: str | os.PathLike, tokenizer, train_tokens: int, val_tok
     return meta
 
 
+class TokenWriter:
+    """Token ids appended to a file through a memmap of at most WINDOW_TOKENS ids at a time,
+    so memory stays bounded whatever the file's size. The file appears at path only when
+    commit() is called; leaving the with block without it (an error) removes every trace.
+    """
+
+    WINDOW_TOKENS = 1 << 23
+
+    def __init__(self, path: str | os.PathLike, dtype: np.dtype | str):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.write_bytes(b"")
+        self.count = 0
+        self._map: np.memmap | None = None
+        self._map_start = 0
+
+    def __enter__(self) -> "TokenWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._unmap()
+        self.tmp.unlink(missing_ok=True)
+
+    def write(self, ids: np.ndarray | list[int]) -> None:
+        ids = np.asarray(ids, dtype=self.dtype)
+        done = 0
+        while done < len(ids):
+            if self._map is None or self.count == self._map_start + len(self._map):
+                self._next_window()
+            at = self.count - self._map_start
+            n = min(len(ids) - done, len(self._map) - at)
+            self._map[at:at + n] = ids[done:done + n]
+            done += n
+            self.count += n
+
+    def _next_window(self) -> None:
+        self._unmap()  # written pages leave this process's memory
+        self._map_start = self.count
+        size = self.dtype.itemsize
+        os.truncate(self.tmp, (self.count + self.WINDOW_TOKENS) * size)
+        self._map = np.memmap(self.tmp, dtype=self.dtype, mode="r+", offset=self.count * size,
+                              shape=(self.WINDOW_TOKENS,))
+
+    def _unmap(self) -> None:
+        self._map = None  # unmapped: the kernel writes the pages back; commit() fsyncs
+
+    def commit(self) -> int:
+        """Cut the file to the ids written, fsync it, move it to path; the id count."""
+        self._unmap()
+        os.truncate(self.tmp, self.count * self.dtype.itemsize)
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        return self.count
+
+
 def write_tokens_streaming(path: str | os.PathLike, chunks: Iterable[np.ndarray], total: int,
                            dtype: np.dtype) -> None:
-    """Write chunks of token ids, total in all, to path through a memmap, one at a time
-    (for corpora too big for memory); the file appears only once complete."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
-    written = 0
-    for chunk in chunks:
-        if written + len(chunk) > total:
-            raise ValueError(f"more than the {total} tokens announced for {path}")
-        arr[written:written + len(chunk)] = chunk
-        written += len(chunk)
-    if written != total:
-        raise ValueError(f"{written} tokens written to {path}, {total} announced")
-    arr.flush()
-    del arr
-    os.replace(tmp, path)
+    """Write chunks of token ids, total in all, to path (TokenWriter: through a memmap, for
+    corpora too big for memory); the file appears only once complete."""
+    with TokenWriter(path, dtype) as writer:
+        for chunk in chunks:
+            if writer.count + len(chunk) > total:
+                raise ValueError(f"more than the {total} tokens announced for {path}")
+            writer.write(chunk)
+        if writer.count != total:
+            raise ValueError(f"{writer.count} tokens written to {path}, {total} announced")
+        writer.commit()
 
 
 def _shakespeare_text(data_dir: Path) -> str:
@@ -97,61 +154,6 @@ def prepare_shakespeare(data_dir: str | os.PathLike) -> dict:
     """Tiny Shakespeare (as above) -> GPT-2 BPE train/val bins + meta.json in data_dir."""
     tokenizer = GPT2Tokenizer()  # a missing tiktoken fails before the download
     return write_dataset(data_dir, _shakespeare_text(Path(data_dir)), tokenizer)
-
-
-TOKENIZERS = ("char", "gpt2")
-DOC_SEPARATORS = {"char": "\n", "gpt2": "<|endoftext|>"}
-"""Put between the files of a folder: GPT-2 marks document ends with its <|endoftext|> token."""
-
-
-def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: str = "char",
-                 val_fraction: float = 0.1) -> dict:
-    """Your own text -> a dataset directory (train.bin, val.bin, meta.json) in out_dir.
-
-    source is a UTF-8 text file, a folder (every file under it, by sorted path, joined by
-    DOC_SEPARATORS[tokenizer]; hidden files skipped) or an http(s) URL (saved as
-    out_dir/input.txt). The first 1 - val_fraction of the characters train, the rest validate.
-    """
-    if tokenizer not in TOKENIZERS:
-        raise UserError(f"unknown tokenizer {tokenizer!r}; use {' or '.join(TOKENIZERS)}")
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    tok = GPT2Tokenizer() if tokenizer == "gpt2" else None
-    if str(source).startswith(("http://", "https://")):
-        local = Path(out_dir) / "input.txt"
-        if not local.exists():
-            download(str(source), local, "the input text")
-        source = local
-    text = read_text_input(source, DOC_SEPARATORS[tokenizer])
-    if len(text) < 2:
-        raise UserError(f"{source} holds {len(text)} characters; a dataset needs more text")
-    return write_dataset(out_dir, text, tok or CharTokenizer.from_text(text), val_fraction)
-
-
-def read_text_input(source: str | os.PathLike, separator: str = "\n") -> str:
-    """The text of a UTF-8 file, or of every non-hidden file under a folder joined by separator."""
-    source = Path(source)
-    if source.is_file():
-        files = [source]
-    elif source.is_dir():
-        files = sorted(f for f in source.rglob("*") if f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(source).parts))
-        if not files:
-            raise UserError(f"the folder {source} holds no files; pass a text file or a "
-                            f"folder of text files")
-    else:
-        raise UserError(f"{source} does not exist; pass --input a UTF-8 text file, a folder of "
-                        f"them, or an http(s) URL")
-    return separator.join(_read_utf8(f) for f in files)
-
-
-def _read_utf8(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
-                        f"{e.start}); convert it (e.g. iconv -f latin1 -t utf-8) or move it "
-                        f"out of the input") from None
 
 
 PREPARERS = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare}
@@ -223,6 +225,13 @@ def _meta_problem(meta: object) -> str | None:
     elif tok["kind"] == "gpt2":
         if vocab != GPT2Tokenizer.vocab_size:
             return f"a gpt2 tokenizer has vocab_size {GPT2Tokenizer.vocab_size}, not {vocab}"
+    elif tok["kind"] == "bpe":
+        try:
+            bpe = BPETokenizer.from_dict(tok)
+        except (KeyError, TypeError, ValueError) as e:
+            return f"its bpe tokenizer is damaged ({e})"
+        if bpe.vocab_size != vocab:
+            return f"the bpe tokenizer has {bpe.vocab_size} ids but vocab_size is {vocab}"
     else:
         return f"unknown tokenizer kind {tok['kind']!r}"
     return None

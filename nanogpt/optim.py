@@ -50,7 +50,8 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float],
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32
                   ) -> torch.Tensor:
-    """About the semi-orthogonal matrix nearest to g (U V^T of its SVD), for a 2-D g.
+    """About the semi-orthogonal matrix nearest to g (U V^T of its SVD), for g of shape
+    (..., rows, cols): a matrix, or a stack of matrices done at once.
 
     Scaled so its largest singular value is at most 1, X goes through steps of the odd
     polynomial X <- a X + b (X X^T) X + c (X X^T)^2 X, which pushes every singular value
@@ -59,14 +60,15 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.to(dtype)
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:  # work on the wide side: X X^T is the smaller square
-        x = x.T
-    x = x / (x.norm() + 1e-7)
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        s = x @ x.T
-        x = a * x + (b * s + c * s @ s) @ x
-    return (x.T if tall else x).to(g.dtype)
+        s = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(s, s, s, beta=b, alpha=c), x, beta=a) \
+            if x.dim() == 3 else a * x + (b * s + c * s @ s) @ x
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -74,7 +76,8 @@ class Muon(torch.optim.Optimizer):
 
     update = newton_schulz(nesterov momentum of the gradient) * sqrt(max(1, rows / cols)),
     p <- p * (1 - lr * weight_decay) - lr * update. The scale keeps the update's RMS per
-    element about the same for tall and wide matrices.
+    element about the same for tall and wide matrices. Matrices of one shape are
+    orthogonalised together, as one stack: on small models that is most of Muon's time.
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
@@ -93,19 +96,31 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(g, group["ns_steps"], self.ns_dtype)
-                update *= max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = []
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                bufs.append(self.state[p]["momentum_buffer"])
+            torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+            if group["nesterov"]:
+                grads = torch._foreach_lerp(grads, bufs, group["momentum"])
+            else:
+                grads = bufs
+            by_shape: dict[tuple, list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for (rows, cols), index in by_shape.items():
+                stack = torch.stack([grads[i] for i in index])
+                updates = newton_schulz(stack, group["ns_steps"], self.ns_dtype)
+                updates *= max(1.0, rows / cols) ** 0.5
+                for i, update in zip(index, updates):
+                    if group["weight_decay"]:
+                        params[i].mul_(1 - group["lr"] * group["weight_decay"])
+                    params[i].add_(update, alpha=-group["lr"])
         return loss
 
 

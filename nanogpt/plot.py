@@ -1,6 +1,10 @@
 """Plot a run's loss against wall-clock time from its log.jsonl (needs the `plot` extra).
 
     python -m nanogpt.plot out-speedrun/log.jsonl -o docs/speedrun.png
+    python -m nanogpt.plot out-char/log.jsonl out-bpe/log.jsonl --metric bpb -o bpb.png
+
+A loss per token means something else for each tokenizer; bits per byte (--metric bpb) does
+not, so runs with different tokenizers share one picture.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ def read_evals(path: str | Path) -> list[dict]:
     return records
 
 
+METRICS = {"loss": "loss (nats/token)", "bpb": "bits per byte of text"}
+
+
 def plot_runs(logs: list[str | Path], out: str | Path, title: str | None = None,
-              target: float | None = None) -> None:
-    """Save a PNG of val (solid) and train (dashed) loss vs seconds, one colour per log."""
+              target: float | None = None, metric: str = "loss") -> None:
+    """Save a PNG of val (solid) and train (dashed) loss, or bits per byte (metric 'bpb'),
+    vs seconds, one colour per log."""
     try:
         import matplotlib
     except ImportError:
@@ -45,17 +53,20 @@ def plot_runs(logs: list[str | Path], out: str | Path, title: str | None = None,
         evals = read_evals(path)
         if not evals:
             raise UserError(f"{path} has no eval records")
+        if any(f"val_{metric}" not in r for r in evals):
+            raise UserError(f"{path} has eval records without val_{metric} (written before "
+                            f"nanogpt logged it); plot it with --metric loss")
         t = [r["elapsed"] for r in evals]
         name = Path(path).parent.name or str(path)
-        line, = ax.plot(t, [r["val_loss"] for r in evals], marker="o", ms=3,
-                        label=f"{name} val (best {min(r['val_loss'] for r in evals):.3f})")
-        ax.plot(t, [r["train_loss"] for r in evals], ls="--", color=line.get_color(),
+        val = [r[f"val_{metric}"] for r in evals]
+        line, = ax.plot(t, val, marker="o", ms=3, label=f"{name} val (best {min(val):.3f})")
+        ax.plot(t, [r[f"train_{metric}"] for r in evals], ls="--", color=line.get_color(),
                 alpha=0.6, label=f"{name} train")
     if target is not None:
         ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target}")
     ax.set_xlabel("wall-clock seconds since start of the run")
-    ax.set_ylabel("loss (nats/char)")
-    ax.set_title(title or "loss vs wall-clock time")
+    ax.set_ylabel(METRICS[metric])
+    ax.set_title(title or f"{metric} vs wall-clock time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -70,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="loss.png", help="output PNG")
     p.add_argument("--title", default=None)
     p.add_argument("--target", type=float, default=None, help="draw a horizontal target line")
+    p.add_argument("--metric", choices=tuple(METRICS), default="loss",
+                   help="loss (per token) or bpb (bits per byte: compares tokenizers)")
     args = p.parse_args(argv)
 
     def body() -> int:
         for log in args.logs:
             if not Path(log).is_file():
                 raise UserError(f"no log file at {log}")
-        plot_runs(args.logs, args.out, args.title, args.target)
+        plot_runs(args.logs, args.out, args.title, args.target, args.metric)
         print(f"wrote {args.out}")
         return 0
 

@@ -227,8 +227,16 @@ def hf_config_for(config: GPTConfig, tokenizer_meta: dict | None = None) -> dict
         "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
         "scale_attn_weights": True, "tie_word_embeddings": True, "use_cache": True,
     }
-    if (tokenizer_meta or {}).get("kind") == "gpt2":
+    kind = (tokenizer_meta or {}).get("kind")
+    hf["bos_token_id"] = hf["eos_token_id"] = None  # GPT2Config's default is GPT-2's 50256
+    if kind == "gpt2":
         hf["bos_token_id"] = hf["eos_token_id"] = 50256
+    elif kind == "bpe":
+        from nanogpt.tokenizer import BPETokenizer
+
+        eot = BPETokenizer.from_dict(tokenizer_meta).eot_token
+        if eot is not None:
+            hf["bos_token_id"] = hf["eos_token_id"] = eot
     return hf
 
 
@@ -257,7 +265,8 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     """Write model as an HF GPT-2 directory: config.json + model.safetensors.
 
     transformers.GPT2LMHeadModel.from_pretrained(dest) then computes the same logits.
-    tokenizer_meta (the checkpoint's) is kept beside them as nanogpt_tokenizer.json.
+    tokenizer_meta (the checkpoint's) is kept beside them as nanogpt_tokenizer.json, and
+    written as tokenizer files that AutoTokenizer loads (nanogpt.hf_tokenizer).
     """
     try:
         from safetensors.torch import save_file
@@ -273,8 +282,11 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     config = hf_config_for(model.config, tokenizer_meta)
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if tokenizer_meta is not None:
+        from nanogpt.hf_tokenizer import save_hf_tokenizer
+
         (dest / "nanogpt_tokenizer.json").write_text(
             json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
+        save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
     return dest
 
 

@@ -31,7 +31,14 @@ from nanogpt.checkpoint import (
 from nanogpt.config import PLAN_MIN_STEPS, TrainConfig, format_config
 from nanogpt.data import BatchSampler, Dataset, open_dataset
 from nanogpt.device import autocast, resolve_device, resolve_dtype, set_num_threads
-from nanogpt.distributed import DistInfo, max_over_ranks, on_rank0_first, sum_over_ranks
+from nanogpt.distributed import (
+    DistInfo,
+    any_rank,
+    max_over_ranks,
+    on_rank0_first,
+    rank0_value,
+    sum_over_ranks,
+)
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.flops import peak_flops
 from nanogpt.model import GPT
@@ -39,7 +46,7 @@ from nanogpt.optim import build_optimizer
 from nanogpt.randomness import mix_seed, seed_everything
 from nanogpt.rundir import RunLock, RunLog, remove_stale_files, save_run_config
 from nanogpt.signals import GracefulStop
-from nanogpt.tokenizer import GPT2Tokenizer
+from nanogpt.tokenizer import GPT2Tokenizer, token_byte_lengths
 
 log = logging.getLogger("nanogpt")
 
@@ -63,7 +70,7 @@ class TrainResult:
     best_val_loss: float
     out_dir: str
     losses: dict[str, float] = field(default_factory=dict)
-    """The last evaluation's mean loss per split."""
+    """The last evaluation's mean loss per split, and bits per byte ('val_bpb', ...)."""
     model: GPT | None = None
     """The trained model, as it is at the end of the run (in memory)."""
 
@@ -91,6 +98,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                                   cfg.gradient_accumulation_steps * dist.world_size)
         eval_data = {s: data.sampler(s, cfg.block_size, cfg.batch_size, cfg.seed + 1 + i, device)
                      for i, s in enumerate(("train", "val"))}
+        token_bytes = torch.tensor(token_byte_lengths(data.meta["tokenizer"]), device=device)
         ckpt, resumed_from = read_start_checkpoint(cfg, data)
         state = build_state(cfg, data, ckpt, device, dtype)
         del ckpt  # its tensors now live in the state
@@ -126,11 +134,13 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                     or cfg.eval_only:
                 t_eval = time.perf_counter()
                 watch.check(dist, last_good)
-                losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split)
-                log.info("step %d: train loss %.4f, val loss %.4f", state.iter_num,
-                         losses["train"], losses["val"])
+                losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split,
+                                       token_bytes)
+                log.info("step %d: train loss %.4f, val loss %.4f, val bpb %.4f",
+                         state.iter_num, losses["train"], losses["val"], losses["val_bpb"])
                 jlog.write(event="eval", iter=state.iter_num, train_loss=losses["train"],
-                           val_loss=losses["val"], time=time.time(),
+                           val_loss=losses["val"], train_bpb=losses["train_bpb"],
+                           val_bpb=losses["val_bpb"], time=time.time(),
                            elapsed=time.time() - clock_start)
                 improved = losses["val"] < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, losses["val"])
@@ -156,10 +166,14 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
             steps_since_log += 1
             bar.update(1)
 
-            # a time budget: plan the run's length from the measured speed
-            if budget and budget.due(state.iter_num, cfg, state.planned_iters):
+            # a time budget: plan the run's length from the measured speed (under DDP the
+            # ranks agree at log intervals, and all take rank 0's plan)
+            at_log = state.iter_num % cfg.log_interval == 0
+            if budget and (at_log or not dist.enabled) and any_rank(
+                    budget.due(state.iter_num, cfg, state.planned_iters), dist, device):
                 loss.item()  # wait for the device: the steps so far are really done
-                state.planned_iters = budget.plan(state.iter_num, cfg)
+                state.planned_iters = rank0_value(
+                    budget.plan(state.iter_num, cfg, state.planned_iters), dist, device)
                 cfg = planned(cfg, state.planned_iters)
                 bar.total = cfg.max_iters
                 bar.refresh()
@@ -167,7 +181,6 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                            step_ms=budget.step_seconds * 1000, eval_s=budget.eval_seconds)
 
             # log: the step's one wait for the device
-            at_log = state.iter_num % cfg.log_interval == 0
             if at_log:
                 watch.check(dist, last_good)
                 dt = (time.perf_counter() - t_log) / steps_since_log
@@ -284,25 +297,36 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
                   ctx=contextlib.nullcontext(), dist: DistInfo = DistInfo(),
-                  chunks: int = 1) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches per split, shared out among the ranks.
+                  chunks: int = 1, token_bytes: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean loss over eval_iters fixed batches per split, shared out among the ranks; with
+    token_bytes (bytes of text per token id, on the device) also '<split>_bpb', bits per
+    byte: the summed loss of the targets, in bits, over the bytes of text they decode to.
+    Special tokens count 0 bytes, but their loss counts: marking document ends has a cost.
 
     Eval batches come from their own seeded stream: they never move the training stream or
     the global RNG, and every eval sees the same batches, so evals compare like with like.
     Rank r takes batches r, r + world_size, ...: any world size averages the same batches.
+    Sums stay on the device until the end of each split: no batch waits for the device.
     """
     was_training = model.training
     model.eval()
     out = {}
     for split, sampler in samplers.items():
         total = torch.zeros((), device=sampler.device)
+        n_bytes = torch.zeros((), dtype=torch.long, device=sampler.device)
         for k in range(dist.rank, eval_iters, dist.world_size):
             x, y = sampler.get_batch(k)
             for xc, yc, weight in batch_chunks(x, y, chunks):
                 with ctx:
                     _, loss = model(xc, yc)
                 total += loss.float() * weight
+                if token_bytes is not None:
+                    n_bytes += token_bytes[yc].sum()
         out[split] = (sum_over_ranks(total, dist) / eval_iters).item()
+        if token_bytes is not None:  # every batch has as many targets: loss sum = mean x count
+            nats = out[split] * eval_iters * sampler.batch_size * sampler.block_size
+            n_bytes = sum_over_ranks(n_bytes, dist).item()
+            out[f"{split}_bpb"] = nats / (math.log(2) * n_bytes) if n_bytes else math.nan
     model.train(was_training)
     return out
 
@@ -366,8 +390,9 @@ class TimeBudget:
 
     The first plan comes once PLAN_MIN_STEPS steps are timed. With the 'wsd' schedule, whose
     learning rate stays flat until the decay, the plan is made again from the latest timings
-    every 5% of the budget until the decay begins, so a machine that slows down or speeds up
-    still ends on time with a whole decay. A cosine schedule is planned once, during warmup.
+    every 5% of the budget, so a machine that slows down or speeds up still ends on time with
+    a whole decay; once the decay has begun a new plan may only end sooner (the decay then
+    steepens). A cosine schedule is planned once, during warmup.
     """
 
     def __init__(self, seconds: float, start: float, cfg: TrainConfig):
@@ -395,11 +420,10 @@ class TimeBudget:
             return False
         if planned is None:
             return True
-        decay_start = max(cfg.warmup_iters, planned * (1 - cfg.decay_fraction))
-        return self.replan and iter_num < decay_start - 1 \
+        return self.replan and iter_num < planned - 1 \
             and now - self.last_plan >= 0.05 * self.seconds
 
-    def plan(self, iter_num: int, cfg: TrainConfig) -> int:
+    def plan(self, iter_num: int, cfg: TrainConfig, planned: int | None = None) -> int:
         """The most steps (at most the configured max_iters) whose remaining steps,
         evaluations and final checkpoint end before the budget, with a margin of 2% + 1 s.
         Call when the device has finished the steps so far."""
@@ -421,6 +445,9 @@ class TimeBudget:
                 n -= 1
             while n < self.cap and cost(n + 1) <= left:
                 n += 1
+        if planned is not None and iter_num >= max(cfg.warmup_iters,
+                                                   planned * (1 - cfg.decay_fraction)):
+            n = min(n, planned)  # decaying already: end sooner if need be, never later
         log.info("time budget %.0f s: %.1f ms/step, %.1f s/eval: %d steps in all",
                  self.seconds, self.step_seconds * 1000, self.eval_seconds, n)
         return n

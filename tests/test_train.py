@@ -258,7 +258,8 @@ def test_eval_only_evaluates_and_changes_no_checkpoint(data_dir, tmp_path):
     train(parse_args(tiny_args(data_dir, out, max_iters=10, eval_interval=10)))
     before = (out / "ckpt.pt").read_bytes()
     result = train(parse_args(tiny_args(data_dir, out, init_from="resume", eval_only=True)))
-    assert result.iter_num == 10 and set(result.losses) == {"train", "val"}
+    assert result.iter_num == 10
+    assert set(result.losses) == {"train", "val", "train_bpb", "val_bpb"}
     assert (out / "ckpt.pt").read_bytes() == before
     assert read_log(out, "eval")[-1]["iter"] == 10
 
