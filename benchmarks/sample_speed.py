@@ -43,7 +43,7 @@ def measure(job: dict) -> dict:
     runs_as = " ".join(f"{phase}:{'/'.join(sorted(paths))}" for phase, paths in
                        sorted(phases.items()))
     return {"tok_s": job["new_tokens"] * job["batch_size"] / seconds, "tokens": tokens.tolist(),
-            "runs_as": f"{runs_as}, {model.prepared_for_decoding}",
+            "runs_as": f"{runs_as or job['model']['attention']}, {model.prepared_for_decoding}",
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux: KiB
 
 

@@ -26,8 +26,9 @@ BENCH_USAGE = """usage: python -m nanogpt.bench [--config FILE ...] [--key=value
 
 Measures steady-state training speed (ms/iter, tokens/s, FLOP/s and fraction of the device's
 measured or listed peak) and peak memory; 'runs as' is the attention path and dtype the
-steps took (what attention=auto and dtype=auto chose). Each --compare adds an axis; every combination of
-the axes is one variant, run in its own process. --key=value are TrainConfig keys.
+steps took (what attention=auto and dtype=auto chose). Each --compare adds an axis; every
+combination of the axes is one variant, run in its own process. --key=value are TrainConfig
+keys.
 """
 
 BENCH_FLAGS = {"iters": 20, "warmup": 3, "repeats": 1}

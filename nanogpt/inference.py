@@ -28,8 +28,6 @@ from nanogpt.device import PTDTYPE, resolve_dtype
 from nanogpt.model import GPT
 
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-MIN_PACKED = 1 << 16
-"""Smaller Linear weights stay as they are: a packed matmul costs about 20 us more per call."""
 
 
 def decode_dtype(model: GPT, requested: str = "auto") -> str:
@@ -55,7 +53,7 @@ def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
     if next(model.parameters()).device.type == "cpu" and onednn_packing_works(PTDTYPE[dtype]):
         for module in list(prepared.modules()):
             for name, child in list(module.named_children()):
-                if type(child) is nn.Linear and child.weight.numel() >= MIN_PACKED:
+                if type(child) is nn.Linear:  # the small head too: it ran faster packed
                     setattr(module, name, PackedLinear(child))
     prepared.prepared_for_decoding = dtype
     return prepared

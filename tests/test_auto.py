@@ -167,7 +167,6 @@ def test_decoding_takes_bf16_where_the_cpu_has_bf16_units(monkeypatch, bf16_unit
 @pytest.mark.parametrize("packing", [True, False])
 def test_a_model_prepared_in_float32_computes_what_the_model_does(monkeypatch, packing):
     monkeypatch.setattr(inference, "onednn_packing_works", lambda dtype: packing)
-    monkeypatch.setattr(inference, "MIN_PACKED", 0)  # pack even these tiny matrices
     model = tiny_gpt().eval()
     prepared = inference.for_decoding(model, "float32")
     linears = [type(m).__name__ for m in prepared.modules() if "Linear" in type(m).__name__]

@@ -358,6 +358,24 @@ def test_cli_stop_string_ends_each_sample(capsys, uniform_out_dir):
     assert samples_of(out, "ab") == [s.split("\n")[0] for s in full]
 
 
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_cli_decodes_in_bf16_where_the_cpu_has_it_unless_dtype_is_given(
+        capsys, out_dir, monkeypatch, bf16_units):
+    import nanogpt.device
+    import nanogpt.inference
+
+    monkeypatch.setattr(nanogpt.device, "cpu_has_fast_bf16", lambda: bf16_units)
+    prepared, real = [], nanogpt.inference.for_decoding
+    monkeypatch.setattr(nanogpt.inference, "for_decoding", lambda model, dtype="auto": (
+        prepared.append(real(model, dtype)) or prepared[-1]))
+    for args, want in (([], "bfloat16" if bf16_units else "float32"),
+                       (["--dtype", "float32"], "float32"), (["--dtype", "bfloat16"], "bfloat16")):
+        prepared.clear()
+        assert cli(capsys, out_dir, "--seed", "3", *args)[0] == 0
+        assert {m.prepared_for_decoding for m in prepared} == {want}, args
+        assert {p.dtype for p in prepared[0].parameters()} == {getattr(torch, want)}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--top_p", "0"], "top_p"), (["--num_samples", "0"], "num_samples"),
     (["--temperature", "-1"], "temperature"), (["--top_k", "-1"], "top_k"),
