@@ -3,11 +3,12 @@ laid out for the one-row matmuls of token-by-token decoding.
 
 Decoding one token reads every weight for a single row of activations, so its time goes to
 matrix-vector products and to the fixed cost of each operation. What made it faster (baby GPT,
-batch 1, 2-core AVX512-BF16 EPYC; README, Sampling speed):
+batch 1, 2-core AVX512-BF16 EPYC; README, Sampling):
 - weights and activations in bf16 where the device has bf16 units: half the bytes to read;
-- on a CPU, each big Linear weight reordered once by oneDNN (torch's own CPU kernel library,
+- on a CPU, each Linear weight reordered once by oneDNN (torch's own CPU kernel library,
   as torch.compile's freezing does) into the blocked layout its matmul reads fastest;
 - on a CPU, a float32 KV cache: attention kernels ran faster over it than over a bf16 one.
+Decoding keeps torch's threads (one per core): on one thread it ran 15-20% slower there.
 
 bf16 changes the numbers: logits differ from float32 ones by about 1% (bf16 keeps 8 bits of
 mantissa), so bf16 samples differ from float32 samples after a near-tie. dtype='float32' gives
