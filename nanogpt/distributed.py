@@ -91,3 +91,19 @@ def max_over_ranks(value: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     if dist.enabled:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return value
+
+
+def any_rank(flag: bool, dist: DistInfo, device: str) -> bool:
+    """True on every rank when flag is True on any (a collective: call it on all ranks)."""
+    if not dist.enabled:
+        return flag
+    return bool(max_over_ranks(torch.tensor([int(flag)], device=device), dist).item())
+
+
+def rank0_value(value: int, dist: DistInfo, device: str) -> int:
+    """Rank 0's value, on every rank (a collective: call it on all ranks)."""
+    if not dist.enabled:
+        return value
+    tensor = torch.tensor([value], device=device)
+    torch.distributed.broadcast(tensor, src=0)
+    return int(tensor.item())

@@ -41,7 +41,14 @@ from nanogpt.device import (
     resolve_dtype,
     set_num_threads,
 )
-from nanogpt.distributed import DistInfo, max_over_ranks, on_rank0_first, sum_over_ranks
+from nanogpt.distributed import (
+    DistInfo,
+    any_rank,
+    max_over_ranks,
+    on_rank0_first,
+    rank0_value,
+    sum_over_ranks,
+)
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.flops import peak_flops, training_flops_per_token
 from nanogpt.lora import add_adapters, parse_targets
@@ -205,10 +212,14 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
             steps_since_log += 1
             bar.update(1)
 
-            # a time budget: plan the run's length from the measured speed
-            if budget and budget.due(state.iter_num, cfg, state.planned_iters):
+            # a time budget: plan the run's length from the measured speed (under DDP the
+            # ranks agree at log intervals, and all take rank 0's plan)
+            at_log = state.iter_num % cfg.log_interval == 0
+            if budget and (at_log or not dist.enabled) and any_rank(
+                    budget.due(state.iter_num, cfg, state.planned_iters), dist, device):
                 loss.item()  # wait for the device: the steps so far are really done
-                state.planned_iters = budget.plan(state.iter_num, cfg, state.planned_iters)
+                state.planned_iters = rank0_value(
+                    budget.plan(state.iter_num, cfg, state.planned_iters), dist, device)
                 cfg = planned(cfg, state.planned_iters)
                 bar.total = cfg.max_iters
                 bar.refresh()
@@ -216,7 +227,6 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                            step_ms=budget.step_seconds * 1000, eval_s=budget.eval_seconds)
 
             # log: the step's one wait for the device
-            at_log = state.iter_num % cfg.log_interval == 0
             if at_log:
                 watch.check(dist, last_good)
                 dt = (time.perf_counter() - t_log) / steps_since_log

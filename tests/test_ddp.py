@@ -197,3 +197,15 @@ def test_lora_on_two_ranks_trains_like_one(ddp_run, tmp_path):
         [e["loss"] for e in read_log(outs["single"], "train")], rel=1e-5)
     assert [e["text"] for e in read_log(outs["ddp"], "sample")] == \
         [e["text"] for e in read_log(outs["single"], "sample")]
+
+
+def test_a_time_budget_on_two_ranks_ends_together(ddp_run, tmp_path):
+    """Each rank times its own steps; they must still agree on one plan, or one would wait
+    for the other in a collective at the end."""
+    out = tmp_path / "out"
+    r = torchrun(tiny_args(ddp_run[0], out, **{**SETTINGS, "max_iters": 100000,
+                                               "lr_decay_iters": None, "time_budget": 12,
+                                               "lr_schedule": "wsd", "eval_interval": 1000}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    plans = read_log(out, "plan")
+    assert plans and weights(out) and read_log(out, "eval")[-1]["iter"] == plans[-1]["max_iters"]

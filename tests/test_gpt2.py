@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from nanogpt.prepare import prepare_text, read_text_input
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.prepare import prepare_text, read_text_input
 from tests.conftest import SHAKESPEARE, read_log, run_script, tiny_args
 
 

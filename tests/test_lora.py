@@ -14,8 +14,8 @@ from nanogpt.errors import UserError
 from nanogpt.lora import (
     DEFAULT_TARGETS,
     LoRALinear,
-    add_adapters,
     adapter_state_dict,
+    add_adapters,
     has_adapters,
     merge_adapters,
     parse_targets,

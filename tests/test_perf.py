@@ -125,10 +125,11 @@ def test_cpu_adamw_is_fused_and_matches_the_loop():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)  # 0.2% of one lr=1e-2 step
 
 
-def test_activation_checkpointing_keeps_loss_and_gradients():
-    cfg = GPTConfig(block_size=16, vocab_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.2)
-    torch.manual_seed(0)
-    model = GPT(cfg).train()
+@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
+def test_activation_checkpointing_keeps_loss_and_gradients(recipe):
+    from tests.test_modern import MODERN, modern_gpt
+
+    model = modern_gpt(MODERN if recipe == "modern" else {}, dropout=0.2).train()
     x = torch.randint(16, (3, 16))
     results = []
     for recompute in (False, True):

@@ -12,9 +12,9 @@ import torch
 from nanogpt import prepare, textfiles
 from nanogpt.checkpoint import save_checkpoint
 from nanogpt.data import BatchSampler, TokenWriter
-from nanogpt.prepare import prepare_text
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.prepare import prepare_text
 from nanogpt.tokenizer import (
     BPETokenizer,
     CharTokenizer,

@@ -7,7 +7,6 @@ import json
 import logging
 
 import pytest
-import torch
 
 from nanogpt import device as device_module
 from nanogpt import trainer

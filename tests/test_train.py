@@ -67,7 +67,7 @@ def assert_same(a, b, where="checkpoint"):
 def test_train_state_save_and_restore_are_symmetric(tmp_path, lora):
     """Every field and tensor of a trained state survives save -> load -> restore; for a
     LoRA state, the adapters (the frozen base is rebuilt from where the checkpoint names)."""
-    from nanogpt.lora import add_adapters, adapter_state_dict
+    from nanogpt.lora import adapter_state_dict, add_adapters
 
     def model_of(seed: int):
         model = tiny_gpt(seed=seed if not lora else 0, dropout=0.1)
