@@ -2,6 +2,10 @@
 size, and the merged export's logits.
 
     python benchmarks/lora.py [--work DIR] [--batch_size 4] [--iters 3] [--dtype auto]
+                              [--KEY=VALUE ...]
+
+Other --KEY=VALUE arguments are train.py settings given to every run (for example
+--activation_checkpointing=True).
 
 No network is needed: the base is a GPT-2 124M-shaped transformers.GPT2LMHeadModel with random
 weights, saved as a Hugging Face directory; the data is Tiny Shakespeare in GPT-2 BPE.
@@ -43,11 +47,11 @@ def make_base(work: Path) -> Path:
     return hf_dir
 
 
-def common_args(work: Path, hf_dir: Path, args) -> list[str]:
+def common_args(work: Path, hf_dir: Path, args, extra: list[str]) -> list[str]:
     return [f"--init_from={hf_dir}", f"--data_dir={work / 'data'}",
             "--dataset=shakespeare", "--block_size=256", f"--batch_size={args.batch_size}",
             "--device=cpu", f"--dtype={args.dtype}", "--compile=False", "--lora_rank=8",
-            "--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=0", "--dropout=0.0"]
+            "--learning_rate=1e-4", "--min_lr=1e-5", "--warmup_iters=0", "--dropout=0.0"] + extra
 
 
 def checkpoint_sizes(work: Path, argv: list[str]) -> dict[str, int]:
@@ -99,12 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=3, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", default="auto")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         hf_dir = make_base(work)
-        argv = common_args(work, hf_dir, args)
+        argv = common_args(work, hf_dir, args, extra)
         results = bench.compare(argv, [{"finetune": "full"}, {"finetune": "lora"}],
                                 args.iters, args.warmup)
         first = results[0][1]
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"bench failed: {first['error']}")
         print(f"GPT-2 124M shape, block 256, batch {args.batch_size}, {first['device']} "
               f"{first['threads']} threads, dtype {first['dtype']}; median of {args.iters} "
-              f"steps after {args.warmup} warm-up, each variant in its own process")
+              f"steps after {args.warmup} warm-up, each variant in its own process"
+              + (f"; {' '.join(extra)}" if extra else ""))
         print(bench.format_table(bench.table_rows(results)))
         (_, full), (_, lora) = results
         print(f"trainable parameters: full {full['trainable_params'] / 1e6:.2f}M, LoRA "
