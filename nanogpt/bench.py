@@ -79,16 +79,26 @@ def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
     from nanogpt import trainer
     from nanogpt.config import parse_args
     from nanogpt.data import open_dataset
-    from nanogpt.device import autocast, resolve_device, resolve_dtype, set_num_threads
+    from nanogpt.device import (
+        autocast,
+        resolve_compile,
+        resolve_device,
+        resolve_dtype,
+        set_num_threads,
+    )
     from nanogpt.distributed import DistInfo
+    from nanogpt.flops import training_flops_per_token
 
-    cfg = parse_args(argv + ["--out_dir=unused", "--init_from=scratch"])
+    cfg = parse_args(argv + ["--out_dir=unused"])
+    if cfg.init_from == "resume":  # a benchmark starts afresh (a finetune from its weights)
+        cfg = parse_args(argv + ["--out_dir=unused", "--init_from=scratch"])
     set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     data = open_dataset(cfg.data_dir, cfg.dataset)
     state = trainer.build_state(cfg, data, None, device, dtype)
-    model = trainer.wrap_model(state.model, cfg, DistInfo(), device)
+    model = trainer.wrap_model(state.model, resolve_compile(cfg.compile, device), DistInfo(),
+                               device)
     sampler = data.sampler("train", cfg.block_size, cfg.batch_size, cfg.seed, device)
     chunks, ctx = trainer.resolve_batch_split(cfg, device), autocast(device, dtype)
 
@@ -112,10 +122,11 @@ def measure_training(argv: list[str], iters: int, warmup: int) -> dict:
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    flops_per_token = state.model.flops_per_token()
+    flops_per_token = training_flops_per_token(state.model)  # frozen weights (LoRA) cost less
     result = {
         "device": device, "dtype": dtype, "compile": model is not state.model,
         "threads": torch.get_num_threads(), "params": state.model.get_num_params(),
+        "trainable_params": sum(p.numel() for p in state.model.parameters() if p.requires_grad),
         "ms_per_iter": 1000 * seconds, "ms_min": 1000 * min(times),
         "tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token,
         "flops_per_s": flops_per_token * tokens / seconds, "first_step_s": first_step_s,

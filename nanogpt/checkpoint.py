@@ -5,6 +5,10 @@ checkpoint is a dict of tensors and plain values (str/int/float/bool/None/list/d
 CHECKPOINT_KEYS. It is written to a temporary file in the same directory, fsynced, then
 renamed over the old one, so a crash leaves either the old or the new file; it is read with
 torch.load(weights_only=True).
+
+A LoRA run's checkpoint holds only the adapters under "model"; its "lora" entry names the
+frozen base (a GPT-2 name, a Hugging Face directory or another run's checkpoint) and the
+sha256 of the base's weights, which every load checks (model_to_restore).
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ import torch
 
 from nanogpt.errors import UserError
 from nanogpt.fileio import atomic_write
+from nanogpt.lora import (
+    adapter_state_dict,
+    add_adapters,
+    has_adapters,
+    load_adapters,
+    merge_adapters,
+    weights_sha256,
+)
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.pretrained import GPT2_NAMES, from_pretrained
 from nanogpt.randomness import get_rng_state, set_rng_state
 from nanogpt.tokenizer import tokenizer_from_dict
 
@@ -29,7 +42,7 @@ CKPT_NAME = "ckpt.pt"
 LAST_NAME = "last.pt"
 CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "scaler", "iter_num", "best_val_loss",
                    "elapsed", "planned_iters", "rng", "config", "tokenizer", "pretrained",
-                   "attention_plan")
+                   "tokens_seen", "lora", "attention_plan")
 
 
 class CheckpointError(UserError):
@@ -55,12 +68,18 @@ class TrainState:
     tokenizer: dict = field(default_factory=dict)
     """The dataset's tokenizer, as meta.json holds it."""
     pretrained: str | None = None
-    """The GPT-2 name or directory the weights started from (kept across resumes)."""
+    """The GPT-2 name or directory, or the run, the weights started from (kept across
+    resumes)."""
+    tokens_seen: int = 0
+    """Training tokens the run has stepped through, across resumes."""
+    lora: dict | None = None
+    """A LoRA run: {'rank', 'alpha', 'targets', 'base', 'base_sha256'} (see lora_settings);
+    model then holds adapters, and only they are saved. None: every weight is saved."""
 
     def to_checkpoint(self) -> dict:
         """The checkpoint of this state and of every RNG the training step draws from."""
         return {
-            "model": self.model.state_dict(),
+            "model": adapter_state_dict(self.model) if self.lora else self.model.state_dict(),
             "model_args": dataclasses.asdict(self.model.config),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -72,16 +91,19 @@ class TrainState:
             "config": self.config,
             "tokenizer": self.tokenizer,
             "pretrained": self.pretrained,
+            "tokens_seen": self.tokens_seen,
+            "lora": self.lora,
             "attention_plan": dict(self.model.attention_plan),  # what attention='auto' chose
         }
 
     def restore(self, ckpt: dict) -> None:
         """Load ckpt into this state: weights, optimizer, scaler, counters and every RNG.
 
-        The model must have ckpt's shape (build it with GPTConfig(**ckpt["model_args"])).
-        config stays this run's (flags may change on resume); the rest is the checkpoint's.
+        The model must have ckpt's shape, and its adapters for a LoRA checkpoint (build it
+        with model_to_restore). config stays this run's (flags may change on resume); the rest
+        is the checkpoint's.
         """
-        self.model.load_state_dict(ckpt["model"])
+        load_model_weights(self.model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -89,6 +111,7 @@ class TrainState:
         self.elapsed = ckpt.get("elapsed", 0.0)
         self.planned_iters = ckpt.get("planned_iters")
         self.tokenizer, self.pretrained = ckpt["tokenizer"], ckpt.get("pretrained")
+        self.tokens_seen, self.lora = ckpt.get("tokens_seen", 0), ckpt.get("lora")
         # the same attention paths as before the stop: 'auto' measures only what is new
         self.model.attention_plan.update(ckpt.get("attention_plan") or {})
         set_rng_state(ckpt["rng"])
@@ -151,10 +174,89 @@ def model_config(ckpt: dict, **runtime: object) -> GPTConfig:
 
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", **runtime) -> GPT:
-    """The checkpoint's model, with its weights."""
-    model = GPT(model_config(ckpt, **runtime))
-    model.load_state_dict(ckpt["model"])
+    """The checkpoint's model, with its weights (a LoRA run's: its base with the adapters)."""
+    model = model_to_restore(ckpt, **runtime)
+    load_model_weights(model, ckpt)
     return model.to(device)
+
+
+def model_to_restore(ckpt: dict, lora_dropout: float = 0.0, **runtime) -> GPT:
+    """A model of the checkpoint's shape to load its weights into: for a LoRA checkpoint,
+    its base (loaded, cropped and checked against the saved hash) with fresh adapters."""
+    if not ckpt.get("lora"):
+        return GPT(model_config(ckpt, **runtime))
+    lora = ckpt["lora"]
+    if lora["base"] not in GPT2_NAMES and not Path(lora["base"]).exists():
+        raise CheckpointError(f"this LoRA run's base weights are gone: {lora['base']} does not "
+                              f"exist; put them back there to resume, sample or export it")
+    base, _ = load_weights(lora["base"], **runtime)
+    block_size = ckpt["model_args"]["block_size"]
+    if block_size < base.config.block_size:
+        base.crop_block_size(block_size)
+    digest = weights_sha256(base.state_dict())
+    if digest != lora["base_sha256"]:
+        raise CheckpointError(f"the base weights at {lora['base']} are not those this LoRA run "
+                              f"was trained on (sha256 {digest[:12]}..., the checkpoint has "
+                              f"{lora['base_sha256'][:12]}...); restore the original base")
+    return add_adapters(base, lora["rank"], lora["alpha"], lora["targets"], lora_dropout)
+
+
+def load_model_weights(model: GPT, ckpt: dict) -> None:
+    """ckpt's weights into model (built by model_to_restore): all of them, or the adapters."""
+    if ckpt.get("lora"):
+        try:
+            load_adapters(model, ckpt["model"])
+        except ValueError as e:
+            raise CheckpointError(f"cannot load the LoRA checkpoint: {e}") from None
+    else:
+        model.load_state_dict(ckpt["model"])
+
+
+def lora_settings(base: GPT, source: str, rank: int, alpha: float, targets: list[str]) -> dict:
+    """What a LoRA checkpoint records of its adapters and of base, the frozen model they adapt
+    (as loaded from source and cropped, before the adapters are added)."""
+    return {"rank": rank, "alpha": alpha, "targets": list(targets),
+            "base": base_reference(source), "base_sha256": weights_sha256(base.state_dict())}
+
+
+def base_reference(source: str) -> str:
+    """How a checkpoint names the weights it started from: a GPT-2 name as it is, a path in
+    full, so that it still resolves from another working directory."""
+    if source in GPT2_NAMES and not Path(source).is_dir():
+        return source
+    return str(Path(source).resolve())
+
+
+def check_source(source: str) -> None:
+    """CheckpointError unless source is a GPT-2 name or an existing path."""
+    if source not in GPT2_NAMES and not Path(source).exists():
+        raise CheckpointError(f"{source} does not exist; give a GPT-2 name "
+                              f"({', '.join(GPT2_NAMES)}), a Hugging Face GPT-2 directory, or "
+                              f"a nanogpt run (its out_dir or a checkpoint file)")
+
+
+def run_checkpoint(source: str | os.PathLike) -> Path | None:
+    """The nanogpt checkpoint source names (a checkpoint file, or an out_dir holding ckpt.pt);
+    None when source is something else (a GPT-2 name or Hugging Face directory)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / CKPT_NAME).is_file():
+        return path / CKPT_NAME
+    return None
+
+
+def load_weights(source: str, **runtime) -> tuple[GPT, dict | None]:
+    """(model, tokenizer dict) from source: a nanogpt checkpoint (a file or an out_dir; a
+    LoRA run's adapters merged in) with its tokenizer, or GPT-2 weights (a name or a Hugging
+    Face directory) with None, meaning GPT-2's BPE. runtime: model.RUNTIME_FIELDS."""
+    check_source(source)
+    path = run_checkpoint(source)
+    if path is None:
+        return from_pretrained(source, **runtime), None
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, **runtime)
+    return (merge_adapters(model) if has_adapters(model) else model), ckpt["tokenizer"]
 
 
 def load_model(out_dir: str | os.PathLike, device: str | torch.device = "cpu"):

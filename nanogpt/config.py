@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 
 from nanogpt.device import DType, check_device_name
 from nanogpt.errors import UserError
+from nanogpt.lora import DEFAULT_TARGETS, Finetune, parse_targets
 from nanogpt.model import Activation, Attention, GPTConfig, Norm, Positions
 from nanogpt.optim import OptimizerName
 from nanogpt.pretrained import GPT2_NAMES
@@ -46,8 +47,9 @@ class TrainConfig:
     eval_only: bool = _f(False, "Evaluate once and exit.")
     always_save_checkpoint: bool = _f(True, "Save at every eval, not only when val improves.")
     init_from: str = _f("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a GPT-2 name "
-                        "(gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a path to a Hugging Face "
-                        "GPT-2 directory.")
+                        "(gpt2, gpt2-medium, gpt2-large, gpt2-xl), a path to a Hugging Face "
+                        "GPT-2 directory, or a nanogpt run to finetune (its out_dir or a .pt "
+                        "checkpoint).")
     overwrite: bool = _f(False, "Allow a scratch run to replace an existing checkpoint.")
     # data
     dataset: str = _f("shakespeare_char", "Dataset directory name under data_dir.")
@@ -109,6 +111,28 @@ class TrainConfig:
     warmup_iters: int = _f(2000, "Linear warmup steps.")
     lr_decay_iters: typing.Optional[int] = _f(None, "Decay ends here; None: max_iters.")
     min_lr: float = _f(6e-5, "Learning rate floor after decay (AdamW; others in proportion).")
+    # finetuning: every weight, or LoRA adapters on a frozen model
+    finetune: Finetune = _f("full", "'full': every weight trains; 'lora': low-rank adapters "
+                            "on lora_targets train and every weight of the model stays frozen "
+                            "(init_from a GPT-2 name or directory, or a nanogpt run).")
+    lora_rank: int = _f(8, "finetune='lora': the rank of each adapter.")
+    lora_alpha: float = _f(16.0, "finetune='lora': adapters are scaled by lora_alpha / "
+                           "lora_rank.")
+    lora_dropout: float = _f(0.0, "finetune='lora': dropout on each adapter's input.")
+    lora_targets: str = _f(DEFAULT_TARGETS, "finetune='lora': the layers of every block that "
+                           "get adapters, comma-separated: c_attn, attn.c_proj, c_fc, "
+                           "mlp.c_proj.")
+    # watching a run
+    sample_tokens: int = _f(-1, "At each evaluation print a sample of this many tokens, from "
+                            "sample_prompt and a fixed seed so that evaluations compare (not "
+                            "at step 0 of a scratch run); 0: off; -1: 100 for models under "
+                            "50M parameters, else off.")
+    sample_prompt: str = _f("\n", "The prompt of the samples at evaluations.")
+    wandb_log: bool = _f(False, "Also send every figure of log.jsonl, the samples and the "
+                         "config to Weights & Biases (pip install 'nanogpt[wandb]').")
+    wandb_project: str = _f("nanogpt", "wandb_log: the W&B project.")
+    wandb_run_name: typing.Optional[str] = _f(None, "wandb_log: the W&B run's name; None: "
+                                              "out_dir's name.")
     # system
     device: str = _f("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N', 'mps'.")
     dtype: DType = _f("auto", "'auto' (bf16 where the device has fast bf16, else float32), "
@@ -208,10 +232,36 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
     starts = ("scratch", "resume") + GPT2_NAMES
     if cfg.init_from not in starts and not _is_path(cfg.init_from):
-        raise ConfigError(f"init_from must be one of {', '.join(starts)}, or a path to a "
-                          f"Hugging Face GPT-2 directory (with a '/'); got {cfg.init_from!r}")
+        raise ConfigError(f"init_from must be one of {', '.join(starts)}, or a path (with a "
+                          f"'/') to a Hugging Face GPT-2 directory or a nanogpt run; got "
+                          f"{cfg.init_from!r}")
+    if cfg.finetune == "lora":
+        _validate_lora(cfg)
+    if cfg.sample_tokens < -1:
+        raise ConfigError(f"sample_tokens must be >= 0 (0: off) or -1 (auto), got "
+                          f"{cfg.sample_tokens}")
+    if cfg.wandb_log and not cfg.wandb_project:
+        raise ConfigError("wandb_project must not be empty when wandb_log is on")
     if not cfg.dataset or os.sep in cfg.dataset:
         raise ConfigError(f"dataset must be a directory name under data_dir, got {cfg.dataset!r}")
+
+
+def _validate_lora(cfg: TrainConfig) -> None:
+    if cfg.init_from == "scratch":
+        raise ConfigError("finetune='lora' adapts trained weights: set init_from to a GPT-2 "
+                          "name or directory, or to a nanogpt run (its out_dir or ckpt.pt)")
+    if cfg.optimizer != "adamw":
+        raise ConfigError("finetune='lora' trains its adapters with AdamW: use "
+                          "optimizer='adamw'")
+    if cfg.lora_rank < 1 or cfg.lora_alpha <= 0:
+        raise ConfigError(f"lora_rank must be >= 1 and lora_alpha > 0, got {cfg.lora_rank} "
+                          f"and {cfg.lora_alpha}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ConfigError(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    try:
+        parse_targets(cfg.lora_targets)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _is_path(text: str) -> bool:

@@ -1,14 +1,19 @@
-"""Which device, which precision, how many CPU threads."""
+"""Which device, which precision, how many CPU threads, whether torch.compile can work."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
+import sys
 import typing
 
 import torch
 
 from nanogpt.errors import UserError
+
+log = logging.getLogger("nanogpt")
 
 DType = typing.Literal["auto", "float32", "bfloat16", "float16"]
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,3 +111,45 @@ def set_num_threads(requested: int = 0) -> None:
     threads = default_num_threads(requested)
     if threads:
         torch.set_num_threads(threads)
+
+
+def compile_problem(device: str) -> str | None:
+    """Why torch.compile cannot work on device here, or None. Cheap: it looks for what
+    compiling needs (Dynamo for this Python; on a GPU, Triton for its kind and a C compiler
+    for Triton's launchers; on a CPU, the C++ compiler Inductor calls) and compiles nothing."""
+    try:
+        import torch._dynamo
+    except Exception as e:  # noqa: BLE001 - a broken install raises anything
+        return f"torch._dynamo does not import ({type(e).__name__}: {e})"
+    if not torch._dynamo.is_dynamo_supported():
+        return (f"torch {torch.__version__} cannot compile on Python "
+                f"{sys.version_info.major}.{sys.version_info.minor}")
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed, or does not support this GPU"
+        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+            return "Triton needs a C compiler (gcc or clang, or set CC) and none was found"
+    elif kind == "cpu":
+        cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+        if not shutil.which(cxx):
+            return f"Inductor needs the C++ compiler {cxx!r} (or set CXX) and it was not found"
+    return None
+
+
+def resolve_compile(setting: bool | str, device: str) -> bool:
+    """Whether to torch.compile: True compiles (a UserError now if it cannot work here, rather
+    than a failure mid-run); 'auto' compiles on CUDA when it can work, else warns once and
+    runs eager."""
+    if setting is False or (setting == "auto" and not device.startswith("cuda")):
+        return False
+    problem = compile_problem(device)
+    if problem is None:
+        return True
+    if setting is True:
+        raise UserError(f"compile=True, but torch.compile cannot work here: {problem}; "
+                        f"fix that or use --compile=False")
+    log.warning("compile=auto: %s; training without torch.compile", problem)
+    return False

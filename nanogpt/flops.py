@@ -43,6 +43,15 @@ def measure_matmul_flops(dtype: str = "float32", n: int = 1024, device: str = "c
     return 2 * n**3 / best
 
 
+def training_flops_per_token(model) -> int:
+    """A GPT's training FLOPs per token, frozen weights (LoRA) included: the forward (2 per
+    weight) and the input gradient (2 more) run through every weight, the weight gradient
+    (2 more) only through trainable ones. With nothing frozen: GPT.flops_per_token()."""
+    frozen = sum(p.numel() for name, p in model.named_parameters()
+                 if not p.requires_grad and not name.endswith("wpe.weight"))
+    return model.flops_per_token() - 2 * frozen
+
+
 def peak_flops(device: str, dtype: str) -> float | None:
     """The device's peak for MFU: the GPU table on CUDA, None elsewhere (measure instead)."""
     if device.startswith("cuda"):

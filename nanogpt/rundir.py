@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nanogpt.errors import UserError
@@ -103,8 +104,10 @@ class RunLog:
     at all. A failed write (a full disk) drops that line with one warning; training goes on,
     since the checkpoint, not the log, is what a run must not lose."""
 
-    def __init__(self, out_dir: str | os.PathLike | None, append: bool):
+    def __init__(self, out_dir: str | os.PathLike | None, append: bool,
+                 mirror: Callable[[dict], None] | None = None):
         self.path = Path(out_dir) / LOG_NAME if out_dir is not None else None
+        self.mirror = mirror  # also gets every record (nanogpt.tracking.WandbLog)
         self.warned = False
         if self.path is not None and not append:
             atomic_write(self.path, lambda f: None)
@@ -112,6 +115,8 @@ class RunLog:
     def write(self, **record) -> None:
         if self.path is None:
             return
+        if self.mirror is not None:
+            self.mirror(record)
         try:
             append_line(self.path, json.dumps(record))
         except OSError as e:

@@ -22,15 +22,25 @@ from nanogpt.checkpoint import (
     LAST_NAME,
     CheckpointError,
     TrainState,
+    check_source,
     checkpoint_path,
     load_checkpoint,
-    model_config,
+    load_weights,
+    lora_settings,
+    model_to_restore,
     newest_checkpoint,
+    run_checkpoint,
     save_checkpoint,
 )
 from nanogpt.config import PLAN_MIN_STEPS, TrainConfig, format_config
 from nanogpt.data import BatchSampler, Dataset, open_dataset
-from nanogpt.device import autocast, resolve_device, resolve_dtype, set_num_threads
+from nanogpt.device import (
+    autocast,
+    resolve_compile,
+    resolve_device,
+    resolve_dtype,
+    set_num_threads,
+)
 from nanogpt.distributed import (
     DistInfo,
     any_rank,
@@ -40,13 +50,21 @@ from nanogpt.distributed import (
     sum_over_ranks,
 )
 from nanogpt.errors import TrainingStopped, UserError
-from nanogpt.flops import peak_flops
+from nanogpt.flops import peak_flops, training_flops_per_token
+from nanogpt.lora import add_adapters, parse_targets
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
 from nanogpt.randomness import mix_seed, seed_everything
 from nanogpt.rundir import RunLock, RunLog, remove_stale_files, save_run_config
 from nanogpt.signals import GracefulStop
 from nanogpt.tokenizer import GPT2Tokenizer, token_byte_lengths
+from nanogpt.tracking import (
+    EvalSample,
+    OverfitWatch,
+    WandbLog,
+    check_wandb_installed,
+    sample_length,
+)
 
 log = logging.getLogger("nanogpt")
 
@@ -87,6 +105,8 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
     set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.wandb_log and dist.is_master:
+        check_wandb_installed()
     with contextlib.ExitStack() as run:
         # ---- set-up: lock out_dir, data, model and optimizer (restored when resuming) ----
         data = on_rank0_first(lambda: _claim(run, cfg), dist, device,
@@ -102,25 +122,44 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
         ckpt, resumed_from = read_start_checkpoint(cfg, data)
         state = build_state(cfg, data, ckpt, device, dtype)
         del ckpt  # its tensors now live in the state
-        model = wrap_model(state.model, cfg, dist, device)
+        n_sample = sample_length(cfg.sample_tokens, state.model.get_num_params())
+        sampler = EvalSample(data.meta["tokenizer"], cfg.sample_prompt, n_sample, cfg.seed,
+                             from_scratch=cfg.init_from == "scratch") \
+            if n_sample and dist.is_master else None
+        compiled = resolve_compile(cfg.compile, device)
+        model = wrap_model(state.model, compiled, dist, device)
         eval_model = model.module if dist.enabled else model  # no gradient sync in eval
         split = resolve_batch_split(cfg, device)
         ctx = autocast(device, dtype)
         tokens_per_iter = (cfg.gradient_accumulation_steps * dist.world_size * cfg.batch_size
                            * cfg.block_size)
+        resolved = dict(device=device, dtype=dtype, compile=compiled,
+                        world_size=dist.world_size, tokens_per_iter=tokens_per_iter,
+                        batch_split=split, sample_tokens=n_sample,
+                        params=state.model.get_num_params(),
+                        trainable_params=_trainable(state.model))
         if dist.is_master:
             remove_stale_files(cfg.out_dir)
             if cfg.init_from != "resume":  # an older run's; --overwrite was given
                 (Path(cfg.out_dir) / LAST_NAME).unlink(missing_ok=True)
             save_run_config(cfg.out_dir, cfg.to_dict())
-        jlog = RunLog(cfg.out_dir if dist.is_master else None, append=cfg.init_from == "resume")
-        _log_start(cfg, state, device, dtype, dist, tokens_per_iter, split, resumed_from, jlog)
+        wandb = None
+        if cfg.wandb_log and dist.is_master:  # every record of log.jsonl goes there too
+            name = cfg.wandb_run_name or Path(cfg.out_dir).resolve().name
+            wandb = run.enter_context(WandbLog(cfg.wandb_project, name,
+                                               {**cfg.to_dict(), "resolved": resolved}))
+        jlog = RunLog(cfg.out_dir if dist.is_master else None, append=cfg.init_from == "resume",
+                      mirror=wandb)
+        _log_start(cfg, state, resolved, dist, resumed_from, jlog)
         clock_start = start_time - state.elapsed  # elapsed counts on across resumes
         budget = TimeBudget(cfg.time_budget, clock_start, cfg) if cfg.time_budget else None
         if state.planned_iters is not None:  # a resumed time-budgeted run keeps its plan
             cfg = planned(cfg, state.planned_iters)
         watch = DivergenceWatch(device)
+        train_tokens = data.meta["train_tokens"]
+        overfit = OverfitWatch(train_tokens)
         peak = peak_flops(device, dtype)
+        flops_per_iter = training_flops_per_token(state.model) * tokens_per_iter
         last_good = f"{resumed_from} (iter {state.iter_num})" if resumed_from else NO_CHECKPOINT
         stop = run.enter_context(GracefulStop())
         bar = run.enter_context(_progress_bar(cfg, state.iter_num, dist))
@@ -140,8 +179,14 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                          state.iter_num, losses["train"], losses["val"], losses["val_bpb"])
                 jlog.write(event="eval", iter=state.iter_num, train_loss=losses["train"],
                            val_loss=losses["val"], train_bpb=losses["train_bpb"],
-                           val_bpb=losses["val_bpb"], time=time.time(),
+                           val_bpb=losses["val_bpb"], tokens=state.tokens_seen,
+                           epochs=state.tokens_seen / train_tokens, time=time.time(),
                            elapsed=time.time() - clock_start)
+                overfit.check(state.iter_num, losses["val"], state.best_val_loss,
+                              state.tokens_seen, state.tokens_seen + tokens_per_iter
+                              * (cfg.max_iters - state.iter_num), jlog)
+                if sampler is not None:  # the same prompt and seed each time: samples compare
+                    sampler.show(state.model, ctx, state.iter_num, jlog)
                 improved = losses["val"] < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, losses["val"])
                 if state.iter_num > 0 and (improved or cfg.always_save_checkpoint) \
@@ -163,6 +208,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                                          scaler=state.scaler)
             watch.record(state.iter_num, loss, grad_norm, state.scaler is not None)
             state.iter_num += 1
+            state.tokens_seen += tokens_per_iter
             steps_since_log += 1
             bar.update(1)
 
@@ -188,9 +234,11 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                 lossf = sum_over_ranks(loss.detach().clone(), dist).item() / dist.world_size
                 record = dict(event="train", iter=state.iter_num - 1, loss=lossf, lr=lr,
                               grad_norm=grad_norm.item(), ms=dt * 1000,
-                              tok_per_s=tokens_per_iter / dt, elapsed=time.time() - clock_start)
+                              tok_per_s=tokens_per_iter / dt, tokens=state.tokens_seen,
+                              epochs=state.tokens_seen / train_tokens,
+                              elapsed=time.time() - clock_start)
                 if peak:
-                    record["mfu"] = state.model.estimate_mfu(tokens_per_iter, dt, peak)
+                    record["mfu"] = flops_per_iter / dt / peak
                 jlog.write(**record)
                 _show_step(bar, record)
 
@@ -492,7 +540,16 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
         if existing is not None and not cfg.overwrite:
             raise UserError(f"{existing} already exists; resume it with --init_from=resume, "
                             f"choose another --out_dir, or pass --overwrite to replace it")
-        if cfg.init_from != "scratch" and meta["tokenizer"]["kind"] != "gpt2":
+        if cfg.init_from != "scratch":
+            check_source(cfg.init_from)
+        start = run_checkpoint(cfg.init_from) if cfg.init_from != "scratch" else None
+        if start is not None and start.resolve().parent == Path(cfg.out_dir).resolve():
+            raise UserError(f"init_from={cfg.init_from} is this run's own out_dir; use "
+                            f"--init_from=resume to continue it")
+        if start is not None and load_checkpoint(start)["tokenizer"] != meta["tokenizer"]:
+            raise UserError(f"cannot start from {start}: it was trained on another tokenizer "
+                            f"or vocabulary than dataset {cfg.dataset!r}")
+        if cfg.init_from != "scratch" and start is None and meta["tokenizer"]["kind"] != "gpt2":
             raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 "
                             f"BPE, but {data.dir} uses the {meta['tokenizer']['kind']!r} "
                             f"tokenizer; run python data/prepare.py --input YOUR_TEXT "
@@ -517,7 +574,26 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
         raise UserError(f"cannot resume: dataset {cfg.dataset!r} uses another tokenizer or "
                         f"vocabulary than the checkpoint {existing}; pass the --dataset it "
                         f"was trained on")
+    check_finetune_matches(cfg, ckpt.get("lora"))
     return ckpt, existing
+
+
+def check_finetune_matches(cfg: TrainConfig, lora: dict | None) -> None:
+    """UserError unless cfg's finetune settings are those of the checkpoint being resumed."""
+    if (cfg.finetune == "lora") != (lora is not None):
+        kind = "a LoRA finetune" if lora else "not a LoRA finetune"
+        raise UserError(f"cannot resume: the checkpoint is {kind}, but finetune="
+                        f"{cfg.finetune!r}; resume with the finetune setting it was started "
+                        f"with")
+    if lora is None:
+        return
+    wanted = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
+              "targets": parse_targets(cfg.lora_targets)}
+    diff = [f"lora_{k}={wanted[k]!r} (checkpoint has {lora[k]!r})" for k in wanted
+            if wanted[k] != lora[k]]
+    if diff:
+        raise UserError("cannot resume: the adapters differ from the checkpoint's: "
+                        + ", ".join(diff) + "; use the checkpoint's values")
 
 
 def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
@@ -525,12 +601,17 @@ def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
     """Model, optimizer and GradScaler on device, restored from ckpt when resuming."""
     seed_everything(cfg.seed)
     pretrained = None if cfg.init_from in ("scratch", "resume") else cfg.init_from
-    if ckpt is not None:
-        model = GPT(model_config(ckpt, **cfg.runtime_options()))
+    lora = None
+    if ckpt is not None:  # a LoRA run's: its base, checked against the saved hash
+        model = model_to_restore(ckpt, cfg.lora_dropout, **cfg.runtime_options())
     elif pretrained is not None:
-        model = pretrained_model(pretrained, cfg)
+        model = start_model(pretrained, cfg, data)
     else:
         model = GPT(cfg.model_config(data.meta["vocab_size"]))
+    if ckpt is None and cfg.finetune == "lora":  # freeze the model, train adapters on it
+        targets = parse_targets(cfg.lora_targets)
+        lora = lora_settings(model, pretrained, cfg.lora_rank, cfg.lora_alpha, targets)
+        add_adapters(model, cfg.lora_rank, cfg.lora_alpha, targets, cfg.lora_dropout)
     model.to(device)
     kind = device.split(":")[0]
     optimizer = build_optimizer(
@@ -540,18 +621,18 @@ def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
         ns_dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     scaler = torch.amp.GradScaler(kind) if dtype == "float16" else None
     state = TrainState(model, optimizer, scaler, config=cfg.to_dict(),
-                       tokenizer=data.meta["tokenizer"], pretrained=pretrained)
+                       tokenizer=data.meta["tokenizer"], pretrained=pretrained, lora=lora)
     if ckpt is not None:
         state.restore(ckpt)
     return state
 
 
-def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
-    """GPT-2 weights with cfg's runtime options, cropped to cfg.block_size; other shape keys
-    are GPT-2's own."""
-    model = GPT.from_pretrained(name_or_path, **cfg.runtime_options())
+def start_model(name_or_path: str, cfg: TrainConfig, data: Dataset) -> GPT:
+    """The weights a finetune starts from (GPT-2, or a nanogpt run) with cfg's runtime
+    options, cropped to cfg.block_size; other shape keys are the weights' own."""
+    model, tokenizer = load_weights(name_or_path, **cfg.runtime_options())
     mc = model.config
-    if mc.vocab_size != GPT2Tokenizer.vocab_size:
+    if tokenizer is None and mc.vocab_size != GPT2Tokenizer.vocab_size:
         raise UserError(f"{name_or_path} has vocab_size {mc.vocab_size}, not GPT-2's "
                         f"{GPT2Tokenizer.vocab_size}: it cannot train on GPT-2 BPE tokens")
     if cfg.block_size > mc.block_size:
@@ -559,15 +640,15 @@ def pretrained_model(name_or_path: str, cfg: TrainConfig) -> GPT:
                         f"{mc.block_size} positions; use --block_size={mc.block_size} or less")
     if cfg.block_size < mc.block_size:
         model.crop_block_size(cfg.block_size)
-    log.info("initialized from %s: n_layer=%d n_head=%d n_embd=%d bias=True (its own shape, "
-             "not the config's)", name_or_path, mc.n_layer, mc.n_head, mc.n_embd)
+    log.info("initialized from %s: n_layer=%d n_head=%d n_embd=%d bias=%s (its own shape, "
+             "not the config's)", name_or_path, mc.n_layer, mc.n_head, mc.n_embd, mc.bias)
     return model
 
 
-def wrap_model(model: GPT, cfg: TrainConfig, dist: DistInfo, device: str) -> torch.nn.Module:
-    """What runs forward: model, compiled when asked, DDP-wrapped under torchrun. The plain
-    model stays what is saved."""
-    if cfg.compile is True or (cfg.compile == "auto" and device.startswith("cuda")):
+def wrap_model(model: GPT, compiled: bool, dist: DistInfo, device: str) -> torch.nn.Module:
+    """What runs forward: model, compiled when asked (device.resolve_compile), DDP-wrapped
+    under torchrun. The plain model stays what is saved."""
+    if compiled:
         log.info("compiling the model with torch.compile")
         model = torch.compile(model)
     if dist.enabled:
@@ -589,19 +670,28 @@ def resolve_batch_split(cfg: TrainConfig, device: str) -> int:
 
 # ---- what the user sees ----
 
-def _log_start(cfg: TrainConfig, state: TrainState, device: str, dtype: str, dist: DistInfo,
-               tokens_per_iter: int, split: int, resumed_from: Path | None,
-               jlog: RunLog) -> None:
-    compiled = cfg.compile is True or (cfg.compile == "auto" and device.startswith("cuda"))
+def _trainable(model: GPT) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _log_start(cfg: TrainConfig, state: TrainState, resolved: dict, dist: DistInfo,
+               resumed_from: Path | None, jlog: RunLog) -> None:
     log.info("config:\n%s\n  (resolved: device=%s dtype=%s compile=%s world_size=%d)",
-             format_config(cfg), device, dtype, compiled, dist.world_size)
+             format_config(cfg), resolved["device"], resolved["dtype"], resolved["compile"],
+             dist.world_size)
     log.info("tokens per iteration: %d (batch_size %d x block_size %d x grad accum %d x "
-             "world size %d)", tokens_per_iter, cfg.batch_size, cfg.block_size,
+             "world size %d)", resolved["tokens_per_iter"], cfg.batch_size, cfg.block_size,
              cfg.gradient_accumulation_steps, dist.world_size)
-    if split > 1:
+    if resolved["batch_split"] > 1:
         log.info("each batch runs as %d chunks of about %d sequences (batch_split: less "
-                 "memory, same update)", split, round(cfg.batch_size / split))
-    log.info("number of parameters: %.2fM", state.model.get_num_params() / 1e6)
+                 "memory, same update)", resolved["batch_split"],
+                 round(cfg.batch_size / resolved["batch_split"]))
+    log.info("number of parameters: %.2fM", resolved["params"] / 1e6)
+    if state.lora:
+        log.info("LoRA: rank %d, alpha %g on %s: %.2fM trainable parameters, the rest frozen "
+                 "(base %s)", state.lora["rank"], state.lora["alpha"],
+                 ", ".join(state.lora["targets"]), resolved["trainable_params"] / 1e6,
+                 state.lora["base"])
     if resumed_from is not None:
         log.info("resuming from %s at iteration %d", resumed_from, state.iter_num)
         jlog.write(event="resume", iter=state.iter_num, checkpoint=str(resumed_from))
@@ -615,8 +705,15 @@ def _progress_bar(cfg: TrainConfig, start: int, dist: DistInfo):
 
 
 def _show_step(bar, record: dict) -> None:
-    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                    tok_s=f"{record['tok_per_s']:,.0f}", refresh=False)
+    shown = dict(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                 gnorm=f"{record['grad_norm']:.2f}", tok_s=f"{record['tok_per_s']:,.0f}",
+                 ep=f"{record['epochs']:.2f}")
+    if "mfu" in record:
+        shown["mfu"] = f"{100 * record['mfu']:.1f}%"
+    bar.set_postfix(shown, refresh=False)
     if bar.disable:
-        log.info("iter %d: loss %.4f, lr %.2e, %.1f ms, %.0f tok/s", record["iter"],
-                 record["loss"], record["lr"], record["ms"], record["tok_per_s"])
+        log.info("iter %d: loss %.4f, lr %.2e, grad norm %.2f, %.1f ms, %.0f tok/s, %s tokens "
+                 "(%.2f epochs)%s", record["iter"], record["loss"], record["lr"],
+                 record["grad_norm"], record["ms"], record["tok_per_s"],
+                 f"{record['tokens']:,}", record["epochs"],
+                 f", mfu {100 * record['mfu']:.1f}%" if "mfu" in record else "")

@@ -68,12 +68,13 @@ def train_losses(out_dir: Path) -> dict[int, float]:
 
 
 def tiny_args(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
-    """argv for a model small enough to train a few dozen steps in seconds on a CPU."""
+    """argv for a model small enough to train a few dozen steps in seconds on a CPU; without
+    samples at evaluations unless asked (tests/test_tracking.py tests them)."""
     values = dict(dataset="shakespeare_char", data_dir=str(data_dir), out_dir=str(out_dir),
                   n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=20,
                   eval_interval=10, eval_iters=2, log_interval=1, warmup_iters=5,
                   lr_decay_iters=20, learning_rate=3e-3, min_lr=3e-4, device="cpu",
-                  dtype="float32", compile=False, dropout=0.0)
+                  dtype="float32", compile=False, dropout=0.0, sample_tokens=0)
     values.update(overrides)
     return [f"--{k}={v}" for k, v in values.items()]
 

@@ -59,6 +59,15 @@ TRAIN_CASES = {
                                   "uses another tokenizer or vocabulary than the checkpoint"),
     "non-finite value": (["--learning_rate=inf"], "learning_rate must be a finite number"),
     "batch split too fine": (["--batch_split=9"], "batch_split (9) must not exceed batch_size (8)"),
+    "sample prompt outside the vocabulary": (["--init_from=resume", "--sample_tokens=8",
+                                              "--sample_prompt=€"],
+                                             "sample_prompt '€' does not fit the dataset's "
+                                             "tokenizer"),
+    "lora from scratch": (["--finetune=lora", "--overwrite"], "finetune='lora' adapts trained"),
+    "lora on a full run": (["--init_from=resume", "--finetune=lora"],
+                           "the checkpoint is not a LoRA finetune"),
+    "lora on a missing run": (["--finetune=lora", "--init_from={empty}/run", "--overwrite"],
+                              "run does not exist; give a GPT-2 name"),
 }
 
 

@@ -177,6 +177,28 @@ def test_the_modern_recipe_on_two_ranks_trains_like_one(ddp_run, tmp_path):
         [e["loss"] for e in read_log(outs["single"], "train")], rel=1e-5)
 
 
+def test_lora_on_two_ranks_trains_like_one(ddp_run, tmp_path):
+    """LoRA adapters on a frozen run (the DDP fixture's): 2 ranks x 2 micro-steps == 1
+    process x 4, with dropout on the adapters; only the adapters are synced and saved."""
+    data_dir, base, _ = ddp_run
+    settings = {**SETTINGS, "init_from": str(base), "finetune": "lora", "lora_dropout": 0.1,
+                "learning_rate": 1e-2, "sample_tokens": 8}
+    outs = {"ddp": tmp_path / "ddp", "single": tmp_path / "single"}
+    r = torchrun(tiny_args(data_dir, outs["ddp"], gradient_accumulation_steps=2, **settings))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_script("train.py", tiny_args(data_dir, outs["single"], gradient_accumulation_steps=4,
+                                         **settings), timeout=LAUNCH_TIMEOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ddp, single = weights(outs["ddp"]), weights(outs["single"])
+    assert ddp.keys() == single.keys() and all(k.endswith(("lora_A", "lora_B")) for k in ddp)
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert [e["loss"] for e in read_log(outs["ddp"], "train")] == pytest.approx(
+        [e["loss"] for e in read_log(outs["single"], "train")], rel=1e-5)
+    assert [e["text"] for e in read_log(outs["ddp"], "sample")] == \
+        [e["text"] for e in read_log(outs["single"], "sample")]
+
+
 def test_a_time_budget_on_two_ranks_ends_together(ddp_run, tmp_path):
     """Each rank times its own steps; they must still agree on one plan, or one would wait
     for the other in a collective at the end."""

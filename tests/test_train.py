@@ -63,12 +63,26 @@ def assert_same(a, b, where="checkpoint"):
         assert a == b, where
 
 
-def test_train_state_save_and_restore_are_symmetric(tmp_path):
-    """Every field and tensor of a trained state survives save -> load -> restore."""
-    model = tiny_gpt(dropout=0.1)
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_state_save_and_restore_are_symmetric(tmp_path, lora):
+    """Every field and tensor of a trained state survives save -> load -> restore; for a
+    LoRA state, the adapters (the frozen base is rebuilt from where the checkpoint names)."""
+    from nanogpt.lora import adapter_state_dict, add_adapters
+
+    def model_of(seed: int):
+        model = tiny_gpt(seed=seed if not lora else 0, dropout=0.1)
+        if lora:  # the same base; adapters drawn from seed
+            torch.manual_seed(seed)
+            add_adapters(model, 4, 8.0, ["c_attn", "mlp.c_proj"], dropout=0.1)
+        return model
+
+    model = model_of(0)
+    info = {"rank": 4, "alpha": 8.0, "targets": ["c_attn", "mlp.c_proj"], "base": "gpt2",
+            "base_sha256": "0" * 64} if lora else None
     state = TrainState(model, model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu"),
                        iter_num=7, best_val_loss=1.25, elapsed=3.5, config={"n_layer": 2},
-                       tokenizer={"kind": "char", "chars": list("abc")}, pretrained="gpt2")
+                       tokenizer={"kind": "char", "chars": list("abc")}, pretrained="gpt2",
+                       tokens_seen=7 * 64, lora=info)
     x = torch.randint(0, 37, (4, 16))
     for _ in range(3):  # optimizer moments and step counts worth restoring
         state.model(x, x)[1].backward()
@@ -77,14 +91,17 @@ def test_train_state_save_and_restore_are_symmetric(tmp_path):
     torch.rand(5)  # move the RNG away from its seed
     saved = state.to_checkpoint()
     assert set(saved) == set(CHECKPOINT_KEYS)
+    if lora:
+        assert saved["model"].keys() == adapter_state_dict(model).keys()
     save_checkpoint(tmp_path / "ckpt.pt", saved)
 
-    fresh = tiny_gpt(seed=1, dropout=0.1)
+    fresh = model_of(1)
     restored = TrainState(fresh, fresh.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu"),
                           config={"n_layer": 2})
     torch.manual_seed(123)
     restored.restore(load_checkpoint(tmp_path / "ckpt.pt"))
     assert_same(restored.to_checkpoint(), saved)  # rng included: restore set it back
+    assert_same(fresh.state_dict(), model.state_dict(), "model")
 
 
 def test_the_trained_model_in_memory_is_the_one_on_disk(data_dir, tmp_path):
