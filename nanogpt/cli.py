@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from nanogpt.errors import UserError, debug_requested, run_guarded
+from nanogpt.errors import TrainingStopped, UserError, debug_requested, run_guarded
 
 
 class _TqdmHandler(logging.Handler):
@@ -72,10 +72,15 @@ def _train(argv: list[str]) -> int:
     import dataclasses
 
     device = distributed.init_distributed(dist, resolve_device(cfg.device))
+    together = False
     try:
         train(dataclasses.replace(cfg, device=device), dist, start_time=process_start_time())
+        together = True
+    except TrainingStopped:
+        together = True  # the ranks agreed to stop at the same step
+        raise
     finally:
-        distributed.cleanup_distributed()
+        distributed.cleanup_distributed(together)
     return 0
 
 

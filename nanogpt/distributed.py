@@ -50,10 +50,16 @@ def init_distributed(info: DistInfo, device: str) -> str:
     return device
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(together: bool) -> None:
+    """Leave the process group. together: every rank got here the same way (the run ended or
+    was stopped on all of them), so they first wait for each other: a rank that tears down
+    gloo while another still saves the checkpoint can abort ("terminate called without an
+    active exception"). After an error no rank waits (the others may never come)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
