@@ -165,12 +165,7 @@ def test_the_modern_recipe_on_two_ranks_trains_like_one(ddp_run, tmp_path):
 
     data_dir = ddp_run[0]
     settings = {**SETTINGS, **MODERN_TRAINING}
-    outs = {"ddp": tmp_path / "ddp", "single": tmp_path / "single"}
-    r = torchrun(tiny_args(data_dir, outs["ddp"], gradient_accumulation_steps=2, **settings))
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_script("train.py", tiny_args(data_dir, outs["single"], gradient_accumulation_steps=4,
-                                         **settings), timeout=LAUNCH_TIMEOUT)
-    assert r.returncode == 0, r.stderr[-2000:]
+    outs = two_ranks_and_one(data_dir, tmp_path, settings)
     ddp, single = weights(outs["ddp"]), weights(outs["single"])
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -184,12 +179,7 @@ def test_lora_on_two_ranks_trains_like_one(ddp_run, tmp_path):
     data_dir, base, _ = ddp_run
     settings = {**SETTINGS, "init_from": str(base), "finetune": "lora", "lora_dropout": 0.1,
                 "learning_rate": 1e-2, "sample_tokens": 8}
-    outs = {"ddp": tmp_path / "ddp", "single": tmp_path / "single"}
-    r = torchrun(tiny_args(data_dir, outs["ddp"], gradient_accumulation_steps=2, **settings))
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_script("train.py", tiny_args(data_dir, outs["single"], gradient_accumulation_steps=4,
-                                         **settings), timeout=LAUNCH_TIMEOUT)
-    assert r.returncode == 0, r.stderr[-2000:]
+    outs = two_ranks_and_one(data_dir, tmp_path, settings)
     ddp, single = weights(outs["ddp"]), weights(outs["single"])
     assert ddp.keys() == single.keys() and all(k.endswith(("lora_A", "lora_B")) for k in ddp)
     for name in single:
@@ -210,3 +200,14 @@ def test_a_time_budget_on_two_ranks_ends_together(ddp_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     plans = read_log(out, "plan")
     assert plans and weights(out) and read_log(out, "eval")[-1]["iter"] == plans[-1]["max_iters"]
+
+
+def two_ranks_and_one(data_dir, tmp_path, settings: dict) -> dict:
+    """Train with settings as 2 ranks x 2 micro-steps and as 1 process x 4; their out_dirs."""
+    outs = {"ddp": tmp_path / "ddp", "single": tmp_path / "single"}
+    r = torchrun(tiny_args(data_dir, outs["ddp"], gradient_accumulation_steps=2, **settings))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_script("train.py", tiny_args(data_dir, outs["single"], gradient_accumulation_steps=4,
+                                         **settings), timeout=LAUNCH_TIMEOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return outs
