@@ -530,7 +530,9 @@ def _claim(run: contextlib.ExitStack, cfg: TrainConfig) -> Dataset:
 def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None, Path | None]:
     """(checkpoint, its path) to resume from, or (None, None) for a fresh run; UserError when
     the run cannot start as asked (nothing to resume, another shape or tokenizer, a scratch
-    run over an existing checkpoint, a GPT-2 start on a dataset of other tokens)."""
+    run over an existing checkpoint, a GPT-2 start on a dataset of other tokens). A start
+    from another run's checkpoint is checked against the dataset where it is loaded, once
+    (start_model)."""
     meta = data.meta
     if cfg.vocab_size is not None and cfg.vocab_size != meta["vocab_size"]:
         raise UserError(f"vocab_size {cfg.vocab_size} does not match the dataset's "
@@ -546,9 +548,6 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
         if start is not None and start.resolve().parent == Path(cfg.out_dir).resolve():
             raise UserError(f"init_from={cfg.init_from} is this run's own out_dir; use "
                             f"--init_from=resume to continue it")
-        if start is not None and load_checkpoint(start)["tokenizer"] != meta["tokenizer"]:
-            raise UserError(f"cannot start from {start}: it was trained on another tokenizer "
-                            f"or vocabulary than dataset {cfg.dataset!r}")
         if cfg.init_from != "scratch" and start is None and meta["tokenizer"]["kind"] != "gpt2":
             raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 "
                             f"BPE, but {data.dir} uses the {meta['tokenizer']['kind']!r} "
@@ -631,6 +630,9 @@ def start_model(name_or_path: str, cfg: TrainConfig, data: Dataset) -> GPT:
     """The weights a finetune starts from (GPT-2, or a nanogpt run) with cfg's runtime
     options, cropped to cfg.block_size; other shape keys are the weights' own."""
     model, tokenizer = load_weights(name_or_path, **cfg.runtime_options())
+    if tokenizer is not None and tokenizer != data.meta["tokenizer"]:
+        raise UserError(f"cannot start from {name_or_path}: it was trained on another "
+                        f"tokenizer or vocabulary than dataset {cfg.dataset!r}")
     mc = model.config
     if tokenizer is None and mc.vocab_size != GPT2Tokenizer.vocab_size:
         raise UserError(f"{name_or_path} has vocab_size {mc.vocab_size}, not GPT-2's "
