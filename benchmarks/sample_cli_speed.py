@@ -64,8 +64,11 @@ def save_random_baby(out_dir: Path) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, bias=False,
                           vocab_size=tok.vocab_size))
+    # only the fields that differ from the defaults: older checkouts lack newer fields
+    default = dataclasses.asdict(GPTConfig(vocab_size=tok.vocab_size))
+    args = {k: v for k, v in dataclasses.asdict(model.config).items() if v != default[k]}
     save_checkpoint(checkpoint_path(out_dir), {
-        "model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
+        "model": model.state_dict(), "model_args": {**args, "vocab_size": tok.vocab_size},
         "tokenizer": tok.to_dict()})
 
 

@@ -6,9 +6,16 @@ matrix-vector products and to the fixed cost of each operation. What made it fas
 batch 1, 2-core AVX512-BF16 EPYC; README, Sampling):
 - weights and activations in bf16 where the device has bf16 units: half the bytes to read;
 - on a CPU, each Linear weight reordered once by oneDNN (torch's own CPU kernel library,
-  as torch.compile's freezing does) into the blocked layout its matmul reads fastest;
-- on a CPU, a float32 KV cache: attention kernels ran faster over it than over a bf16 one.
+  as torch.compile's freezing does) into the blocked layout its matmul reads fastest
+  (PACK_FOR_ROWS);
+- on a CPU, a float32 KV cache: attention kernels ran faster over it than over a bf16 one;
+- the forward written flat, with the activation and the residual adds fused into the packed
+  matmuls (nanogpt.decode_step).
 Decoding keeps torch's threads (one per core): on one thread it ran 15-20% slower there.
+What did not pay: torch.compile of the decode step (inductor with frozen weights) took 25 s
+to compile and then ran slower (5.8-6.5 ms per token against 2.1-2.5); fewer small
+operations still (one KV-cache copy instead of two, fewer views) changed a token's time by
+1-4%: what is left is mostly reading the weights and the keys from memory.
 
 bf16 changes the numbers: logits differ from float32 ones by about 1% (bf16 keeps 8 bits of
 mantissa), so bf16 samples differ from float32 samples after a near-tie. dtype='float32' gives
@@ -80,6 +87,14 @@ def kv_cache_dtype(model: GPT) -> torch.dtype:
     return torch.float32 if weight.device.type == "cpu" else weight.dtype
 
 
+PACK_FOR_ROWS = 16
+"""The number of input rows oneDNN lays a packed weight out for. One row (what decoding
+multiplies) picked a layout whose float32 matmuls ran 1.3x slower on one row than the one
+chosen for 16 rows (2-core AVX512 EPYC; 25 matmuls of the baby GPT, 2.0 against 1.5 ms), and
+1.2x slower on a 193-row prefill; in bf16, and with oneDNN held to AVX2, the two tied on one
+row and 16 rows won the prefill."""
+
+
 class PackedLinear(nn.Module):
     """An inference-only nn.Linear whose weight oneDNN has reordered for its own matmul.
 
@@ -88,7 +103,8 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(),
+                                                              PACK_FOR_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise.default(x, self.packed, self.bias, "none",
@@ -99,8 +115,9 @@ _PACKING_WORKS: dict[torch.dtype, bool] = {}
 
 
 def onednn_packing_works(dtype: torch.dtype) -> bool:
-    """Whether this torch has oneDNN's packed linear for dtype on the CPU and it computes what
-    F.linear does (checked once on a small matrix)."""
+    """Whether this torch has oneDNN's packed linear for dtype on the CPU, with the post-ops
+    nanogpt.decode_step fuses into it (GELU, ReLU, a residual add), and they compute what the
+    unfused ops do (checked once on a small matrix)."""
     if dtype not in _PACKING_WORKS:
         _PACKING_WORKS[dtype] = _packing_check(dtype)
     return _PACKING_WORKS[dtype]
@@ -115,12 +132,23 @@ def _packing_check(dtype: torch.dtype) -> bool:
         for t in (linear.weight, linear.bias):
             t.copy_(torch.randn(t.shape, generator=gen))
     x = torch.randn(3, 2, 64, generator=gen).to(dtype)
+    residual = torch.randn(3, 2, 48, generator=gen).to(dtype)
+    op = torch.ops.mkldnn._linear_pointwise
     try:
         with torch.no_grad():
-            got = PackedLinear(linear)(x)
-            want = F.linear(x, linear.weight, linear.bias)
+            packed = PackedLinear(linear)
+            plain = F.linear(x, linear.weight, linear.bias)
+            pairs = [(packed(x), plain),
+                     (op(x, packed.packed, linear.bias, "gelu", [], "none"), F.gelu(plain)),
+                     (op(x, packed.packed, linear.bias, "gelu", [], "tanh"),
+                      F.gelu(plain, approximate="tanh")),
+                     (op(x, packed.packed, linear.bias, "relu", [], ""), F.relu(plain)),
+                     (op.binary(x, residual, packed.packed, linear.bias, "add"),
+                      residual + plain)]
     except (AttributeError, RuntimeError, NotImplementedError):  # no such op, or no kernel
         return False
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    return got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=tol,
-                                                      atol=tol)
+    scale = plain.float().abs().max().item()
+    return all(got.shape == want.shape and torch.allclose(got.float(), want.float(), rtol=tol,
+                                                          atol=tol * scale)
+               for got, want in pairs)

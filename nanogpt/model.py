@@ -248,21 +248,20 @@ def _causal_bias(Tq: int, Tk: int, like: torch.Tensor) -> torch.Tensor:
     return bias.masked_fill_(~_causal_mask(Tq, Tk, like.device), float("-inf"))
 
 
-class KVCache(nn.Module):
+class KVCache:
     """Preallocated keys and values of one attention layer, for incremental decoding.
 
-    Buffers are not persistent and the caches are not submodules of GPT: they never enter a
-    state_dict or the optimizer. Slot i holds the token at position i of the current context
-    window; when the window moves past block_size the caller resets and refills the cache
-    (see nanogpt.sampling for the cropping rule).
+    A plain object, not a module: the caches never enter a state_dict or the optimizer, and
+    decoding reads them every token without nn.Module's attribute lookups. Slot i holds the
+    token at position i of the current context window; when the window moves past block_size
+    the caller resets and refills the cache (see nanogpt.sampling for the cropping rule).
     """
 
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int,
                  dtype: torch.dtype, device: torch.device | str):
-        super().__init__()
         shape = (batch_size, n_head, max_len, head_size)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
 
     def reset(self) -> None:
@@ -270,13 +269,14 @@ class KVCache(nn.Module):
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, H, T, D); return every cached key and value so far."""
-        start, end = self.length, self.length + k.size(2)
+        start, T = self.length, k.size(2)
+        end = start + T
         if end > self.k.size(2):
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.k.size(2)}")
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
+        self.k.narrow(2, start, T).copy_(k)
+        self.v.narrow(2, start, T).copy_(v)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
 
 class ReLU2(nn.Module):

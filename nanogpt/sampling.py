@@ -16,7 +16,8 @@ one prefill of block_size + 1 - context_shift tokens per context_shift new token
 context_shift=1 every token past block_size re-reads the window, as without a cache.
 
 Decoding runs on nanogpt.inference.for_decoding(model, dtype): by default bf16 where the
-device has bf16 units, with CPU-friendly weights and a float32 KV cache on a CPU.
+device has bf16 units, with CPU-friendly weights and a float32 KV cache on a CPU; both paths
+call the model through nanogpt.decode_step (its forward, written flat).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch.nn import functional as F
 
+from nanogpt.decode_step import decode_step
 from nanogpt.errors import UserError
 from nanogpt.inference import DECODE_DTYPES, for_decoding, kv_cache_dtype
 from nanogpt.model import GPT
@@ -152,6 +154,7 @@ class _UncachedDecoder:
 
     def __init__(self, model: GPT, shift: int):
         self.model, self.shift, self.start, self.caches = model, shift, None, None
+        self.step = decode_step(model)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.start = _window_start(tokens.size(1), self.start, self.model.config.block_size,
@@ -160,8 +163,7 @@ class _UncachedDecoder:
             self.caches = self.model.make_kv_caches(tokens.size(0), kv_cache_dtype(self.model))
         for c in self.caches:
             c.reset()
-        logits, _ = self.model(tokens[:, self.start:], kv_caches=self.caches)
-        return logits[:, -1, :]
+        return self.step(tokens[:, self.start:], self.caches, 0)
 
 
 class _CachedDecoder:
@@ -175,6 +177,7 @@ class _CachedDecoder:
         self.model, self.shift, self.start = model, shift, None
         self.caches = model.make_kv_caches(batch_size, kv_cache_dtype(model))
         self.cached_upto = 0  # absolute index one past the last cached token
+        self.step = decode_step(model)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.size(1)
@@ -183,10 +186,9 @@ class _CachedDecoder:
             self.start, self.cached_upto = start, start
             for c in self.caches:
                 c.reset()
-        logits, _ = self.model(tokens[:, self.cached_upto:], kv_caches=self.caches,
-                               start_pos=self.cached_upto - start)
+        logits = self.step(tokens[:, self.cached_upto:], self.caches, self.cached_upto - start)
         self.cached_upto = length
-        return logits[:, -1, :]
+        return logits
 
 
 class TextStream:

@@ -1,0 +1,130 @@
+"""nanogpt.decode_step: the flat decoding forward computes what GPT.forward computes, for
+every architecture switch, packed or not; a changed or subclassed model decodes through its
+own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_gpt
+from torch import nn
+
+from nanogpt import decode_step as ds
+from nanogpt import inference
+from nanogpt.lora import add_adapters
+from nanogpt.model import MLP, Block
+from nanogpt.sampling import generate_tokens
+
+ARCHITECTURES = {
+    "gpt2": {},
+    "gpt2-no-bias-tanh": {"bias": False, "gelu_approximate": "tanh"},
+    "modern": {"positions": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2",
+               "tie_embeddings": False, "logit_softcap": 15.0, "bias": False},
+    "manual-attention": {"attention": "manual"},
+    "bmm-attention": {"attention": "bmm", "positions": "rope"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # conftest restores the thread count afterwards
+
+
+def prepared(packing: bool, monkeypatch, **arch) -> nn.Module:
+    monkeypatch.setattr(inference, "onednn_packing_works", lambda dtype: packing)
+    model = tiny_gpt(vocab_size=23, **arch).eval()
+    with torch.no_grad():  # larger weights than init: every layer matters to the logits
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return inference.for_decoding(model, "float32")
+
+
+def logits_both_ways(model: nn.Module, idx: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """Logits of a prefill of idx and of `steps` one-token steps, through GPT.forward and
+    through DecodeStep, each over its own KV caches: [forward..., flat...] pairs."""
+    pairs = []
+    with torch.no_grad():
+        for step in (ds.forward_step(model), ds.DecodeStep(model)):
+            caches = model.make_kv_caches(idx.size(0), inference.kv_cache_dtype(model))
+            out = [step(idx, caches, 0)]
+            for i in range(steps):
+                nxt = idx[:, i % idx.size(1):][:, :1]
+                out.append(step(nxt, caches, idx.size(1) + i))
+            pairs.append(torch.stack(out))
+    return pairs
+
+
+@pytest.mark.parametrize("packing", [True, False])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_flat_step_equals_the_model_forward_in_float32(monkeypatch, arch, packing):
+    if packing and not inference._packing_check(torch.float32):
+        pytest.skip("this torch has no oneDNN packed linear")
+    model = prepared(packing, monkeypatch, **ARCHITECTURES[arch])
+    assert type(model.transformer.h[0].mlp.c_fc).__name__ == \
+        ("PackedLinear" if packing else "Linear")
+    idx = torch.randint(0, 23, (2, 5), generator=torch.Generator().manual_seed(0))
+    want, got = logits_both_ways(model, idx, steps=16 - 5)  # up to block_size
+    assert want.std() > 0.1  # logits that depend on the weights and the tokens
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert ds.decode_step(model).__class__ is ds.DecodeStep
+
+
+def test_flat_step_in_bf16_is_close_to_the_forward():
+    model = tiny_gpt(vocab_size=23).eval()
+    bf16 = inference.for_decoding(model, "bfloat16")
+    idx = torch.randint(0, 23, (2, 5), generator=torch.Generator().manual_seed(0))
+    want, got = logits_both_ways(bf16, idx, steps=4)
+    scale = want.float().abs().max().item()
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05 * scale)
+
+
+def test_flat_step_runs_lora_adapters(monkeypatch):
+    model = tiny_gpt(vocab_size=23)
+    add_adapters(model, rank=2, alpha=4.0, targets=["c_attn", "mlp.c_proj"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)  # adapters that change the output
+    model = inference.for_decoding(model.eval(), "float32")
+    idx = torch.randint(0, 23, (1, 4), generator=torch.Generator().manual_seed(1))
+    want, got = logits_both_ways(model, idx, steps=3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class DoubleResidualBlock(Block):
+    def forward(self, x, kv_cache=None, rope=None):
+        return 2 * super().forward(x, kv_cache, rope)
+
+
+def greedy_by_forward(model: nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """nanoGPT's loop: the whole sequence through the model each step, argmax."""
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(idx)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("change", ["subclassed block", "edited MLP.forward"])
+def test_a_changed_model_decodes_through_its_own_forward(monkeypatch, change):
+    model = tiny_gpt(vocab_size=23, block_size=32).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)  # peaked logits: greedy never hinges on rounding
+    if change == "subclassed block":
+        for i, block in enumerate(model.transformer.h):
+            swapped = DoubleResidualBlock(model.config)
+            swapped.load_state_dict(block.state_dict())
+            swapped.attn.plan = block.attn.plan
+            model.transformer.h[i] = swapped
+    else:  # as if model.py's MLP.forward had been edited in place
+        monkeypatch.setattr(MLP, "forward",
+                            lambda self, x: self.c_proj(torch.tanh(self.c_fc(x))))
+    prepared = inference.for_decoding(model, "float32")
+    assert not isinstance(ds.decode_step(prepared), ds.DecodeStep)
+    assert prepared.flat_decoding_checked is False  # decided once per model
+    idx = torch.randint(0, 23, (1, 3), generator=torch.Generator().manual_seed(2))
+    got = torch.stack(list(generate_tokens(model, idx, 20, temperature=0.0, dtype="float32")),
+                      dim=1)
+    assert torch.equal(got, greedy_by_forward(model, idx, 20)[:, 3:])
