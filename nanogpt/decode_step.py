@@ -5,7 +5,8 @@ Decoding one token of a small GPT is about 80 small operations, and on a CPU the
 them (Python, module calls, views) was a third of the token. Here each layer is a few fields
 read once (norms, matmuls, its attention module for the attention path), and, where the
 weights are oneDNN-packed (nanogpt.inference), the MLP's activation and each residual add run
-inside the matmul before them (oneDNN post-ops: one pass over the output instead of two).
+inside the matmul before them (oneDNN post-ops, where this torch has them and they check out:
+inference.onednn_fusion_works; one pass over the output instead of two).
 Measured on the baby GPT, batch 1, bf16, 2-core AVX512-BF16 EPYC: GPT.forward with a KV cache
 2.9-3.1 ms per token, this 1.9-2.1 ms (README, Sampling).
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.inference import PackedLinear, kv_cache_dtype
+from nanogpt.inference import PackedLinear, kv_cache_dtype, onednn_fusion_works
 from nanogpt.model import (
     GPT,
     MLP,
@@ -179,11 +180,12 @@ def _linear(module: nn.Module, activation: nn.Module | None = None) -> Fn:
     """x -> activation(module(x)); one oneDNN call when module is packed."""
     if type(module) is PackedLinear:
         packed, bias = module.packed, module.bias
-        if type(activation) is nn.GELU:  # erf or tanh GELU, as the module's approximate
-            algorithm = activation.approximate
-            return lambda x: _linear_pointwise(x, packed, bias, "gelu", [], algorithm)
-        if type(activation) is ReLU2:  # the relu in the matmul, then the square
-            return lambda x: _linear_pointwise(x, packed, bias, "relu", [], "").square()
+        if onednn_fusion_works(module.weight.dtype):
+            if type(activation) is nn.GELU:  # erf or tanh GELU, as the module's approximate
+                algorithm = activation.approximate
+                return lambda x: _linear_pointwise(x, packed, bias, "gelu", [], algorithm)
+            if type(activation) is ReLU2:  # the relu in the matmul, then the square
+                return lambda x: _linear_pointwise(x, packed, bias, "relu", [], "").square()
         linear: Fn = lambda x: _linear_pointwise(x, packed, bias, "none", [], "")  # noqa: E731
     elif type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
@@ -197,7 +199,7 @@ def _linear(module: nn.Module, activation: nn.Module | None = None) -> Fn:
 
 def _linear_add(module: nn.Module) -> AddFn:
     """(x, residual) -> residual + module(x); one oneDNN call when module is packed."""
-    if type(module) is PackedLinear:
+    if type(module) is PackedLinear and onednn_fusion_works(module.weight.dtype):
         packed, bias = module.packed, module.bias
         return lambda x, residual: _linear_pointwise.binary(x, residual, packed, bias, "add")
     linear = _linear(module)

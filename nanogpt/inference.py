@@ -112,18 +112,26 @@ class PackedLinear(nn.Module):
 
 
 _PACKING_WORKS: dict[torch.dtype, bool] = {}
+_FUSION_WORKS: dict[torch.dtype, bool] = {}
 
 
 def onednn_packing_works(dtype: torch.dtype) -> bool:
-    """Whether this torch has oneDNN's packed linear for dtype on the CPU, with the post-ops
-    nanogpt.decode_step fuses into it (GELU, ReLU, a residual add), and they compute what the
-    unfused ops do (checked once on a small matrix)."""
+    """Whether this torch has oneDNN's packed linear for dtype on the CPU and it computes what
+    F.linear does (checked once on a small matrix)."""
     if dtype not in _PACKING_WORKS:
-        _PACKING_WORKS[dtype] = _packing_check(dtype)
+        _PACKING_WORKS[dtype] = _onednn_check(dtype, fused=False)
     return _PACKING_WORKS[dtype]
 
 
-def _packing_check(dtype: torch.dtype) -> bool:
+def onednn_fusion_works(dtype: torch.dtype) -> bool:
+    """Whether the packed linear also takes the post-ops nanogpt.decode_step fuses into it
+    (GELU, ReLU, a residual add) and they compute what the unfused ops do (checked once)."""
+    if dtype not in _FUSION_WORKS:
+        _FUSION_WORKS[dtype] = onednn_packing_works(dtype) and _onednn_check(dtype, fused=True)
+    return _FUSION_WORKS[dtype]
+
+
+def _onednn_check(dtype: torch.dtype, fused: bool) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     gen = torch.Generator().manual_seed(0)
@@ -133,18 +141,18 @@ def _packing_check(dtype: torch.dtype) -> bool:
             t.copy_(torch.randn(t.shape, generator=gen))
     x = torch.randn(3, 2, 64, generator=gen).to(dtype)
     residual = torch.randn(3, 2, 48, generator=gen).to(dtype)
-    op = torch.ops.mkldnn._linear_pointwise
+    op, b = torch.ops.mkldnn._linear_pointwise, linear.bias
     try:
         with torch.no_grad():
             packed = PackedLinear(linear)
-            plain = F.linear(x, linear.weight, linear.bias)
-            pairs = [(packed(x), plain),
-                     (op(x, packed.packed, linear.bias, "gelu", [], "none"), F.gelu(plain)),
-                     (op(x, packed.packed, linear.bias, "gelu", [], "tanh"),
-                      F.gelu(plain, approximate="tanh")),
-                     (op(x, packed.packed, linear.bias, "relu", [], ""), F.relu(plain)),
-                     (op.binary(x, residual, packed.packed, linear.bias, "add"),
-                      residual + plain)]
+            plain = F.linear(x, linear.weight, b)
+            pairs = [(packed(x), plain)]
+            if fused:
+                w = packed.packed
+                pairs = [(op(x, w, b, "gelu", [], "none"), F.gelu(plain)),
+                         (op(x, w, b, "gelu", [], "tanh"), F.gelu(plain, approximate="tanh")),
+                         (op(x, w, b, "relu", [], ""), F.relu(plain)),
+                         (op.binary(x, residual, w, b, "add"), residual + plain)]
     except (AttributeError, RuntimeError, NotImplementedError):  # no such op, or no kernel
         return False
     tol = 1e-5 if dtype == torch.float32 else 2e-2

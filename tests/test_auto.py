@@ -180,8 +180,9 @@ def test_a_model_prepared_in_float32_computes_what_the_model_does(monkeypatch, p
 
 def test_onednn_packing_check_leaves_the_global_rng_alone(monkeypatch):
     monkeypatch.setattr(inference, "_PACKING_WORKS", {})
+    monkeypatch.setattr(inference, "_FUSION_WORKS", {})
     state = torch.get_rng_state()
-    inference.onednn_packing_works(torch.float32)
+    inference.onednn_fusion_works(torch.float32)
     assert torch.equal(torch.get_rng_state(), state)
 
 

@@ -30,8 +30,11 @@ def _one_thread():
     torch.set_num_threads(1)  # conftest restores the thread count afterwards
 
 
-def prepared(packing: bool, monkeypatch, **arch) -> nn.Module:
-    monkeypatch.setattr(inference, "onednn_packing_works", lambda dtype: packing)
+def prepared(packing: str, monkeypatch, **arch) -> nn.Module:
+    """A float32 model prepared for decoding with its Linears 'fused' (packed, with post-ops),
+    'packed' (without post-ops) or 'plain'."""
+    monkeypatch.setattr(inference, "onednn_packing_works", lambda dtype: packing != "plain")
+    monkeypatch.setattr(ds, "onednn_fusion_works", lambda dtype: packing == "fused")
     model = tiny_gpt(vocab_size=23, **arch).eval()
     with torch.no_grad():  # larger weights than init: every layer matters to the logits
         for p in model.parameters():
@@ -54,14 +57,15 @@ def logits_both_ways(model: nn.Module, idx: torch.Tensor, steps: int) -> list[to
     return pairs
 
 
-@pytest.mark.parametrize("packing", [True, False])
+@pytest.mark.parametrize("packing", ["fused", "packed", "plain"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_flat_step_equals_the_model_forward_in_float32(monkeypatch, arch, packing):
-    if packing and not inference._packing_check(torch.float32):
-        pytest.skip("this torch has no oneDNN packed linear")
+    works = {"fused": inference.onednn_fusion_works, "packed": inference.onednn_packing_works}
+    if packing in works and not works[packing](torch.float32):
+        pytest.skip(f"this torch cannot run oneDNN's {packing} linear")
     model = prepared(packing, monkeypatch, **ARCHITECTURES[arch])
     assert type(model.transformer.h[0].mlp.c_fc).__name__ == \
-        ("PackedLinear" if packing else "Linear")
+        ("Linear" if packing == "plain" else "PackedLinear")
     idx = torch.randint(0, 23, (2, 5), generator=torch.Generator().manual_seed(0))
     want, got = logits_both_ways(model, idx, steps=16 - 5)  # up to block_size
     assert want.std() > 0.1  # logits that depend on the weights and the tokens
