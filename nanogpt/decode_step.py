@@ -7,8 +7,9 @@ read once (norms, matmuls, its attention module for the attention path), and, wh
 weights are oneDNN-packed (nanogpt.inference), the MLP's activation and each residual add run
 inside the matmul before them (oneDNN post-ops, where this torch has them and they check out:
 inference.onednn_fusion_works; one pass over the output instead of two).
-Measured on the baby GPT, batch 1, bf16, 2-core AVX512-BF16 EPYC: GPT.forward with a KV cache
-2.9-3.1 ms per token, this 1.9-2.1 ms (README, Sampling).
+Measured on the baby GPT, batch 1, bf16, 2-core AVX512-BF16 EPYC, side by side in three runs:
+GPT.forward with a KV cache 3.4-4.1 ms per token, this 2.5-2.9 ms (1.3-1.4x; README,
+Sampling).
 
 Same function, same rounding where nothing is fused: the layers do what Block does, in its
 order. A fused post-op rounds once where the modules round twice, so in bf16 logits move by
