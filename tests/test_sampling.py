@@ -199,6 +199,24 @@ def test_samples_only_come_from_the_kept_tokens():
     assert set(sample_next(logits, 1.0, generator=gen).tolist()) == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("top_p", [None, 0.7])
+def test_top_k_draws_follow_the_filtered_distribution(top_p):
+    logits = torch.tensor([[2.0, 0.5, 1.5, -1.0, 1.0, 0.0, 3.0, -2.0]])
+    want = torch.softmax(filter_logits(logits / 0.8, top_k=4, top_p=top_p), -1)[0]
+    n = 40000
+    draws = sample_next(logits.expand(n, 8), 0.8, top_k=4, top_p=top_p,
+                        generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=8).float() / n
+    assert torch.equal(freq > 0, want > 0)  # exactly the kept tokens
+    torch.testing.assert_close(freq, want, atol=0.01, rtol=0)  # 4 sigma at n = 40000
+
+
+def test_top_k_keeps_ties_with_the_kth_largest_when_sampling():
+    logits = torch.tensor([[1.0, 3.0, 1.0, 0.0, 1.0]]).expand(3000, 5)  # three tie for 2nd
+    draws = sample_next(logits, 1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {0, 1, 2, 4}
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"temperature": -1.0}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"),
     ({"top_p": 1.5}, "top_p"), ({"context_shift": 0}, "context_shift"),
