@@ -184,7 +184,7 @@ def model_to_restore(ckpt: dict, lora_dropout: float = 0.0, **runtime) -> GPT:
     """A model of the checkpoint's shape to load its weights into: for a LoRA checkpoint,
     its base (loaded, cropped and checked against the saved hash) with fresh adapters."""
     if not ckpt.get("lora"):
-        return GPT(model_config(ckpt, **runtime))
+        return GPT.empty(model_config(ckpt, **runtime))  # every weight is loaded next
     lora = ckpt["lora"]
     if lora["base"] not in GPT2_NAMES and not Path(lora["base"]).exists():
         raise CheckpointError(f"this LoRA run's base weights are gone: {lora['base']} does not "

@@ -45,7 +45,7 @@ def from_pretrained(name_or_path: str | os.PathLike, dropout: float | None = Non
     """
     directory = resolve_pretrained(name_or_path)
     config = config_from_hf(read_hf_config(directory), dropout=dropout).with_runtime(**runtime)
-    model = GPT(config)
+    model = GPT.empty(config)  # load_hf_state_dict fills every weight or fails
     load_hf_state_dict(model, read_hf_weights(directory))
     return model
 

@@ -127,7 +127,10 @@ def lora_args(data_dir, out, base, **overrides) -> list[str]:
 
 def test_lora_run_saves_only_the_adapters_and_names_its_base(data_dir, tmp_path, base_run):
     out = tmp_path / "lora"
-    result = train(parse_args(lora_args(data_dir, out, base_run, max_iters=20)))
+    # 40 steps and 20 eval batches: the loss drop (0.026-0.044 over seeds 1-4 and 1337) stands
+    # clear of the estimate's noise (20 steps, 2 batches: -0.001 to 0.025)
+    result = train(parse_args(lora_args(data_dir, out, base_run, max_iters=40,
+                                        lr_decay_iters=40, eval_iters=20)))
     evals = read_log(out, "eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.015
     ckpt, base = load_checkpoint(out / "ckpt.pt"), load_checkpoint(base_run / "ckpt.pt")

@@ -112,3 +112,23 @@ def test_estimate_mfu_uses_the_given_peak():
     model = tiny()
     mfu = model.estimate_mfu(tokens_per_iter=1000, seconds_per_iter=1.0, peak_flops=1e12)
     assert mfu == pytest.approx(model.flops_per_token() * 1000 / 1e12)
+
+
+@pytest.mark.parametrize("arch", [{}, {"positions": "rope", "norm": "rmsnorm",
+                                       "tie_embeddings": False}])
+def test_an_empty_gpt_loaded_with_weights_is_the_model_they_came_from(arch):
+    model = tiny_gpt(**arch).eval()
+    rng = torch.get_rng_state()
+    empty = GPT.empty(model.config)
+    assert torch.equal(torch.get_rng_state(), rng)  # no random initialisation
+    empty.load_state_dict(model.state_dict())
+    empty.eval()
+    assert (empty.transformer.wte.weight is empty.lm_head.weight) == \
+        model.config.tie_embeddings
+    assert sum(p.numel() for p in empty.parameters()) == \
+        sum(p.numel() for p in model.parameters())
+    for name, buffer in model.named_buffers():
+        assert torch.equal(dict(empty.named_buffers())[name], buffer), name
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(empty(idx, idx)[0], model(idx, idx)[0])
