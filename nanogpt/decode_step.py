@@ -46,25 +46,28 @@ log = logging.getLogger("nanogpt")
 Step = Callable[[torch.Tensor, list[KVCache], int], torch.Tensor]
 Fn = Callable[[torch.Tensor], torch.Tensor]
 AddFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input, residual) -> output
-_linear_pointwise = torch.ops.mkldnn._linear_pointwise
 
 
 def decode_step(model: GPT) -> Step:
     """(idx, caches, start_pos) -> next-token logits (B, V) for model in eval mode: DecodeStep
     when it computes what model's forward computes, else model's forward itself.
 
-    A model whose classes were subclassed or swapped, or whose forward was edited (a changed
-    model.py), decodes through its own forward: checked once per model, on a few tokens,
-    by comparing the two paths' logits to the rounding of the model's dtype.
+    A model whose classes were subclassed or swapped, or whose code was edited (a changed
+    model.py), decodes through its own forward: checked at each call, on two rows of a few
+    tokens, by comparing the two paths' logits to the rounding of the model's dtype (a flat
+    step that cannot even run on the model counts as disagreeing). A change that shows only
+    past those tokens, or below that rounding, is not caught: sampling then runs this module's
+    GPT, not yours.
     """
-    same = getattr(model, "flat_decoding_checked", None)
-    if same is None:
+    try:
         same = _is_library_gpt(model) and _agrees(model, DecodeStep(model))
-        if not same:
-            log.info("sampling: this model's forward is not nanogpt's (changed or subclassed); "
-                     "decoding through it, without the flat decode step")
-        model.flat_decoding_checked = same
-    return DecodeStep(model) if same else forward_step(model)
+    except Exception:  # noqa: BLE001 -- e.g. an edited module lost a field this reads
+        same = False
+    if not same:
+        log.info("sampling: this model's forward is not nanogpt's (changed or subclassed); "
+                 "decoding through it, without the flat decode step")
+        return forward_step(model)
+    return DecodeStep(model)
 
 
 def forward_step(model: GPT) -> Step:
@@ -84,14 +87,16 @@ def _is_library_gpt(model: GPT) -> bool:
 
 @torch.no_grad()
 def _agrees(model: GPT, flat: Step) -> bool:
-    """Whether flat gives model's logits for a prefill of a few tokens and one decoded token."""
+    """Whether flat gives model's logits for two rows: a prefill of up to 15 tokens, then one
+    decoded token."""
     cfg = model.config
     weight = model.lm_head.weight
-    n = min(8, cfg.block_size)
-    idx = (torch.arange(n, device=weight.device) * 7 % cfg.vocab_size).view(1, n)
+    n = min(16, cfg.block_size)
+    pos = torch.arange(2 * n, device=weight.device)
+    idx = (pos * 7 + pos // n * 3).remainder(cfg.vocab_size).view(2, n)  # two different rows
     logits = []
     for step in (forward_step(model), flat):
-        caches = model.make_kv_caches(1, kv_cache_dtype(model))
+        caches = model.make_kv_caches(2, kv_cache_dtype(model))
         first = [step(idx[:, :n - 1], caches, 0)] if n > 1 else []
         logits.append(torch.cat(first + [step(idx[:, n - 1:], caches, n - 1)]).float())
     want, got = logits
@@ -164,7 +169,7 @@ class _Layer:
         k, v = cache.update(k, v)
         qk = q.to(k.dtype)  # the cache may hold keys wider than the weights (CPU decoding)
         path = path or self.attn.path(qk, k)
-        y = self.attn.attend(path, qk, k, v).to(x.dtype)
+        y = self.attn.attend(path, qk, k, v).to(q.dtype)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         x = self.proj_add(y, x)
         return self.fc2_add(self.fc_act(self.norm_2(x)), x), path
@@ -179,7 +184,8 @@ def _norm(module: nn.Module) -> Fn:
 
 def _linear(module: nn.Module, activation: nn.Module | None = None) -> Fn:
     """x -> activation(module(x)); one oneDNN call when module is packed."""
-    if type(module) is PackedLinear:
+    if type(module) is PackedLinear:  # oneDNN's op: looked up here, where torch has it
+        _linear_pointwise = torch.ops.mkldnn._linear_pointwise
         packed, bias = module.packed, module.bias
         if onednn_fusion_works(module.weight.dtype):
             if type(activation) is nn.GELU:  # erf or tanh GELU, as the module's approximate
@@ -202,6 +208,7 @@ def _linear_add(module: nn.Module) -> AddFn:
     """(x, residual) -> residual + module(x); one oneDNN call when module is packed."""
     if type(module) is PackedLinear and onednn_fusion_works(module.weight.dtype):
         packed, bias = module.packed, module.bias
-        return lambda x, residual: _linear_pointwise.binary(x, residual, packed, bias, "add")
+        fused_add = torch.ops.mkldnn._linear_pointwise.binary
+        return lambda x, residual: fused_add(x, residual, packed, bias, "add")
     linear = _linear(module)
     return lambda x, residual: residual + linear(x)

@@ -54,8 +54,11 @@ def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
     """model prepared for decoding in dtype (see decode_dtype): model itself when it already
     is, else an eval-mode copy with weights in dtype and, on a CPU, packed Linear layers."""
     prepared = getattr(model, "prepared_for_decoding", None)
-    if prepared is not None and dtype in ("auto", prepared):
-        return model
+    if prepared is not None:
+        if dtype in ("auto", prepared):
+            return model
+        raise ValueError(f"this model was prepared for decoding in {prepared}; to decode in "
+                         f"{dtype}, pass the model it was made from")
     dtype = decode_dtype(model, dtype)
     prepared = _copy_in(model, PTDTYPE[dtype]).eval()
     if next(model.parameters()).device.type == "cpu" and onednn_packing_works(PTDTYPE[dtype]):

@@ -109,7 +109,8 @@ def greedy_by_forward(model: nn.Module, idx: torch.Tensor, n: int) -> torch.Tens
     return idx
 
 
-@pytest.mark.parametrize("change", ["subclassed block", "edited MLP.forward"])
+@pytest.mark.parametrize("change", ["subclassed block", "edited MLP.forward",
+                                    "renamed MLP field"])
 def test_a_changed_model_decodes_through_its_own_forward(monkeypatch, change):
     model = tiny_gpt(vocab_size=23, block_size=32).eval()
     with torch.no_grad():
@@ -122,13 +123,24 @@ def test_a_changed_model_decodes_through_its_own_forward(monkeypatch, change):
             swapped.load_state_dict(block.state_dict())
             swapped.attn.plan = block.attn.plan
             model.transformer.h[i] = swapped
-    else:  # as if model.py's MLP.forward had been edited in place
+    elif change == "edited MLP.forward":  # as if model.py had been edited in place
         monkeypatch.setattr(MLP, "forward",
                             lambda self, x: self.c_proj(torch.tanh(self.c_fc(x))))
+    else:  # the flat step cannot even read it: MLP.gelu is now MLP.act
+        for block in model.transformer.h:
+            block.mlp.act = block.mlp.gelu
+            del block.mlp.gelu
+        monkeypatch.setattr(MLP, "forward", lambda self, x: self.c_proj(self.act(self.c_fc(x))))
     prepared = inference.for_decoding(model, "float32")
     assert not isinstance(ds.decode_step(prepared), ds.DecodeStep)
-    assert prepared.flat_decoding_checked is False  # decided once per model
     idx = torch.randint(0, 23, (1, 3), generator=torch.Generator().manual_seed(2))
     got = torch.stack(list(generate_tokens(model, idx, 20, temperature=0.0, dtype="float32")),
                       dim=1)
     assert torch.equal(got, greedy_by_forward(model, idx, 20)[:, 3:])
+
+
+def test_a_model_prepared_in_one_dtype_is_not_silently_decoded_in_another():
+    prepared = inference.for_decoding(tiny_gpt(), "bfloat16")
+    assert inference.for_decoding(prepared, "auto") is prepared
+    with pytest.raises(ValueError, match="prepared for decoding in bfloat16.*made from"):
+        inference.for_decoding(prepared, "float32")
