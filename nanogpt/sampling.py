@@ -206,7 +206,16 @@ class TextStream:
 
     push(token_id) returns the text that is now safe to show: text that could still turn
     out to be the start of a stop string, or a partial UTF-8 character, is held back.
+
+    Each push decodes only the tokens after a settled prefix (fewer than 3 * SETTLE of them),
+    so a long sample costs the same per token as a short one. The prefix moves forward only
+    where decoding the unsettled tokens in two parts gives exactly their text: a tokenizer
+    whose text is not the sum of its pieces there (a cleaned-up space, a partial UTF-8
+    character) is split elsewhere. At 64, 128, 256, ... tokens the whole text is decoded and
+    compared; should it ever differ, the stream decodes every token each push from then on.
     """
+
+    SETTLE = 16
 
     def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()):
         self.decode = decode
@@ -215,14 +224,16 @@ class TextStream:
         self.shown = 0  # characters of the decoded text already returned
         self.done = False
         self.text = ""
+        self.settled, self.settled_text = 0, ""  # decode(ids[:settled]), never to change
+        self.settling = True
 
     def push(self, token_id: int) -> str:
         if self.done:
             return ""
         self.ids.append(token_id)
-        text = self.decode(self.ids)
-        for s in self.stop:
-            cut = text.find(s)
+        text = self._decoded()
+        for s in self.stop:  # a stop string can only end in text this push changed
+            cut = text.find(s, max(0, len(self.settled_text) - len(s) + 1))
             if cut != -1:
                 text = text[:cut]
                 self.done = True
@@ -231,6 +242,22 @@ class TextStream:
         piece = text[self.shown:safe]
         self.shown = max(self.shown, safe)
         return piece
+
+    def _decoded(self) -> str:
+        """decode(self.ids), decoding afresh only the tokens after the settled prefix."""
+        tail = self.decode(self.ids[self.settled:])
+        text = self.settled_text + tail
+        n = len(self.ids)
+        if self.settling and n - self.settled >= 2 * self.SETTLE:
+            split = n - self.SETTLE
+            head = self.decode(self.ids[self.settled:split])
+            if not head.endswith("\ufffd") and head + self.decode(self.ids[split:]) == tail:
+                self.settled, self.settled_text = split, self.settled_text + head
+        if self.settled and n >= 64 and n & (n - 1) == 0:  # the whole text, now and then
+            full = self.decode(self.ids)
+            if full != text:
+                self.settled, self.settled_text, self.settling, text = 0, "", False, full
+        return text
 
     def flush(self) -> str:
         """Whatever is still held back (call at the end of generation)."""

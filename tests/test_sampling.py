@@ -297,6 +297,41 @@ def test_text_stream_holds_back_a_partial_utf8_character():
     assert [ts.push(b) for b in "aé€".encode()] == ["a", "", "é", "", "", "€"]
 
 
+def utf8(ids: list[int]) -> str:
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+WORDS = ["▁the", "▁cat", "s", "▁.", "é", "▁", "ab"]
+
+
+def metaspace(ids: list[int]) -> str:
+    """A decoder whose text is not the sum of its pieces (as sentencepiece's): '▁' is a
+    space, a leading one is dropped, and a space before '.' is cleaned up."""
+    return "".join(WORDS[i] for i in ids).replace("▁", " ").lstrip(" ").replace(" .", ".")
+
+
+@pytest.mark.parametrize("decode, stop", [(utf8, []), (utf8, ["€€", "zq"]),
+                                          (metaspace, []), (metaspace, ["cat."])])
+def test_a_long_text_stream_shows_exactly_the_decoded_text(decode, stop):
+    gen = torch.Generator().manual_seed(0)
+    if decode is utf8:  # bytes of a text with 1-, 2- and 3-byte characters, and a few stray bytes
+        text = "".join("aé€zq"[i] for i in torch.randint(0, 5, (1500,), generator=gen))
+        ids = list(text.encode()) + [0xE2, 0x82] + list("tail".encode())
+    else:
+        ids = torch.randint(0, len(WORDS), (1500,), generator=gen).tolist()
+    ts = TextStream(decode, stop)
+    calls = []
+    ts.decode = lambda part: calls.append(len(part)) or decode(part)
+    shown = "".join(ts.push(i) for i in ids) + ts.flush()
+    want = decode(ids)
+    for s in stop:
+        want = want[:want.find(s)] if s in want else want
+    assert shown == want and (ts.done or not stop)
+    if not stop:  # each push decoded a bounded tail (all of them each time: 3.8M ids here)
+        assert sum(calls) < (5 * TextStream.SETTLE + 2) * len(ids)
+        assert ts.settling and ts.settled > len(ids) - 3 * TextStream.SETTLE
+
+
 def test_stream_yields_the_same_text_as_generate_text(tok):
     model = peaked_gpt(vocab_size=tok.vocab_size)
     pieces = list(stream(model, tok, "ab", max_new_tokens=30, seed=4, stop=["\n\n"]))
