@@ -39,6 +39,7 @@ from nanogpt.model import (
     RMSNorm,
     apply_rope,
     rms_norm,
+    soft_cap,
 )
 
 log = logging.getLogger("nanogpt")
@@ -60,14 +61,15 @@ def decode_step(model: GPT) -> Step:
     GPT, not yours.
     """
     try:
-        same = _is_library_gpt(model) and _agrees(model, DecodeStep(model))
+        flat = DecodeStep(model) if _is_library_gpt(model) else None
+        same = flat is not None and _agrees(model, flat)
     except Exception:  # noqa: BLE001 -- e.g. an edited module lost a field this reads
         same = False
     if not same:
         log.info("sampling: this model's forward is not nanogpt's (changed or subclassed); "
                  "decoding through it, without the flat decode step")
         return forward_step(model)
-    return DecodeStep(model)
+    return flat
 
 
 def forward_step(model: GPT) -> Step:
@@ -137,10 +139,7 @@ class DecodeStep:
         path = None  # the attention path: every layer has the same shapes, so the same path
         for layer, cache in zip(self.layers, caches):
             x, path = layer(x, cache, rope, path)
-        logits = self.head(self.norm_f(x[:, -1, :]))  # (B, V)
-        if self.softcap > 0:
-            logits = self.softcap * torch.tanh(logits.float() / self.softcap)
-        return logits
+        return soft_cap(self.head(self.norm_f(x[:, -1, :])), self.softcap)  # (B, V)
 
 
 class _Layer:

@@ -150,6 +150,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) in float32, bounded in (-cap, cap); cap 0 leaves them as they
+    are."""
+    return cap * torch.tanh(logits.float() / cap) if cap > 0 else logits
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -418,11 +424,7 @@ class GPT(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The head: final hidden states (B, T, C) -> logits (B, T, V), soft-capped if asked."""
-        logits = self.lm_head(x)
-        cap = self.config.logit_softcap
-        if cap > 0:
-            logits = cap * torch.tanh(logits.float() / cap)
-        return logits
+        return soft_cap(self.lm_head(x), self.config.logit_softcap)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float | None = None,
