@@ -144,3 +144,25 @@ def test_a_model_prepared_in_one_dtype_is_not_silently_decoded_in_another():
     assert inference.for_decoding(prepared, "auto") is prepared
     with pytest.raises(ValueError, match="prepared for decoding in bfloat16.*made from"):
         inference.for_decoding(prepared, "float32")
+
+
+def test_padded_rows_rounds_up_within_the_room_left():
+    assert [ds.padded_rows(t, 256) for t in (1, 2, 16, 17, 193, 256)] == [1, 16, 16, 32, 208, 256]
+    assert ds.padded_rows(300, 1024) == 320 and ds.padded_rows(1100, 2048) == 1280
+    assert ds.padded_rows(193, 200) == 200  # no further than the cache has room for
+    assert ds.padded_rows(5, 3) == 5  # never fewer than the tokens
+    assert len({ds.padded_rows(t, 256) for t in range(1, 257)}) == 17
+
+
+def test_uncached_decoding_multiplies_a_handful_of_row_counts():
+    """oneDNN keeps what it built for each number of rows a matmul had (0.4 MB each for the
+    baby GPT): one pass per window length made RSS grow by 0.5 GB; padded, a 64-token window
+    makes 4 row counts, plus the single row of decoding."""
+    model = tiny_gpt(vocab_size=23, block_size=64).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        list(generate_tokens(model, prompt, 40, temperature=0, use_cache=False))
+    rows = {e.input_shapes[0][1] for e in prof.events()
+            if e.name in ("aten::linear", "mkldnn::_linear_pointwise")
+            and len(e.input_shapes[0]) == 3 and e.input_shapes[0][0] == 1}  # the sample's row
+    assert rows == {1, 16, 32, 48}  # windows of 1..41 tokens
