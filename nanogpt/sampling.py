@@ -23,6 +23,7 @@ call the model through nanogpt.decode_step (its forward, written flat).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -58,6 +59,25 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
     return logits
 
 
+def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of logits (B, V), drawn with probability softmax(logits).
+
+    Inverse CDF: the first token whose cumulative probability reaches one uniform draw per
+    row, in float64 (float32 on MPS, which has no float64). A token with logit -inf (filtered
+    out) has probability 0 and is never drawn. torch.multinomial draws V exponentials per row
+    instead: for GPT-2's 50k tokens, 1.1 ms against 0.16 on a 2-core CPU (the same for 200).
+    """
+    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+    cdf = torch.softmax(logits, dim=-1, dtype=dtype).cumsum_(dim=-1)  # non-decreasing
+    total = cdf[:, -1:]  # 1, up to rounding
+    if not math.isfinite(float(total.sum())):
+        raise SamplingError("cannot sample: the logits (divided by the temperature) are not "
+                            "finite; the model's weights may hold NaN or inf")
+    uniform = torch.rand(total.shape, generator=generator, dtype=dtype, device=total.device)
+    target = uniform.neg_().add_(1.0).mul_(total)  # in (0, total]: never a probability-0 token
+    return torch.searchsorted(cdf, target).squeeze(-1)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None,
                 ) -> torch.Tensor:
@@ -73,10 +93,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     if top_k is not None and top_k < logits.size(-1):
         values, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), largest first
         if not bool(((logits >= values[:, -1:]).sum(-1) > top_k).any()):
-            probs = F.softmax(filter_logits(values, top_p=top_p), dim=-1)
-            return ids.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
-    probs = F.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            chosen = draw(filter_logits(values, top_p=top_p), generator)
+            return ids.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+    return draw(filter_logits(logits, top_k, top_p), generator)
 
 
 def validate_sampling(max_new_tokens: int, temperature: float, top_k: int | None,

@@ -16,6 +16,7 @@ from nanogpt.sampling import (
     TextStream,
     _CachedDecoder,
     _UncachedDecoder,
+    draw,
     filter_logits,
     generate_text,
     generate_tokens,
@@ -197,6 +198,35 @@ def test_samples_only_come_from_the_kept_tokens():
     assert set(sample_next(logits, 1.0, top_p=0.6, generator=gen).tolist()) == {0, 1}
     assert set(sample_next(logits, 1.0, top_k=3, generator=gen).tolist()) == {0, 1, 3}
     assert set(sample_next(logits, 1.0, generator=gen).tolist()) == {0, 1, 2, 3}
+
+
+def test_draw_follows_the_softmax_and_never_picks_a_filtered_token():
+    logits = torch.tensor([[NEG_INF, 1.0, 0.2, NEG_INF, -0.5, 2.0, 0.0, NEG_INF]])
+    want = torch.softmax(logits, -1)[0]
+    n = 40000
+    draws = draw(logits.expand(n, 8), torch.Generator().manual_seed(0))
+    assert draws.shape == (n,) and draws.dtype == torch.long
+    freq = torch.bincount(draws, minlength=8).float() / n
+    assert torch.equal(freq > 0, want > 0)
+    torch.testing.assert_close(freq, want, atol=0.01, rtol=0)  # 4 sigma at n = 40000
+    again = draw(logits.expand(n, 8), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # the same generator state, the same tokens
+
+
+@pytest.mark.parametrize("uniform, want", [(0.0, 6), (1.0 - 2.0 ** -53, 1)])
+def test_draw_at_the_ends_of_the_uniform_range_picks_a_kept_token(monkeypatch, uniform, want):
+    logits = torch.tensor([[NEG_INF, 1.0, 0.2, NEG_INF, -0.5, 2.0, 0.0, NEG_INF]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, uniform, **{
+        k: v for k, v in kw.items() if k in ("dtype", "device")}))
+    assert draw(logits).tolist() == [want]  # the last and the first token of weight > 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_are_a_one_line_error(bad):
+    logits = torch.tensor([[0.0, bad, 1.0], [0.0, 1.0, 2.0]])
+    with pytest.raises(SamplingError, match="not finite") as e:
+        sample_next(logits, 0.8)
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("top_p", [None, 0.7])
