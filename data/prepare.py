@@ -7,15 +7,20 @@ Writes train.bin / val.bin (first 90% / last 10% of the characters, as uint16 to
 uint32 for a vocabulary over 65,536) and meta.json (the tokenizer, as JSON) into --out.
 Files are read and tokenized in pieces: memory stays bounded whatever the size of the input.
 """
-import argparse
 import sys
 
+from nanogpt.cli import OneLineParser
+from nanogpt.errors import UserError, debug_requested, run_guarded
 from nanogpt.prepare import BPE_TRAIN_CHARS, DEFAULT_BPE_VOCAB, TOKENIZERS, prepare_text
-from nanogpt.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    return run_guarded(lambda: _prepare(argv), debug)
+
+
+def _prepare(argv: list[str]) -> int:
+    p = OneLineParser(prog="prepare.py", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="text file, folder of text files, or URL")
     p.add_argument("--out", required=True, help="dataset directory, e.g. data/notes")
     p.add_argument("--tokenizer", choices=TOKENIZERS, default="char",
@@ -33,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = prepare_text(args.input, args.out, args.tokenizer, args.val_fraction,
                             args.vocab_size, args.bpe_train_chars)
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    except OSError as e:  # unreadable input, a full disk, no permission to write --out
+        raise UserError(f"cannot prepare {args.out}: {e.strerror or e}"
+                        + (f" ({e.filename})" if e.filename else "")) from None
     print(f"{args.tokenizer} tokenizer, vocab size {meta['vocab_size']}: "
           f"{meta['train_tokens']:,} train tokens, {meta['val_tokens']:,} val tokens "
           f"({meta['dtype']}) in {args.out}")

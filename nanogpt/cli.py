@@ -102,13 +102,13 @@ def process_start_time() -> float:
 
 # ---- sample ----
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def sample_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="sample.py", description="Sample text from a trained nanogpt model.")
+    p = OneLineParser(prog="sample.py", description="Sample text from a trained nanogpt model.")
     p.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
     p.add_argument("--init_from", default="resume",
                    help="'resume' samples out_dir's checkpoint; a GPT-2 name (gpt2, "
@@ -216,7 +216,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    p = _OneLineParser(prog="export.py", description="Export a nanogpt checkpoint as a Hugging "
+    p = OneLineParser(prog="export.py", description="Export a nanogpt checkpoint as a Hugging "
                        "Face GPT-2 directory (config.json, model.safetensors and the "
                        "tokenizer's files) that transformers' AutoModelForCausalLM, "
                        "AutoTokenizer and pipeline load.")

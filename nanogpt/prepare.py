@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt.bpe import train_bpe
-from nanogpt.data import TokenWriter, token_dtype, write_meta
+from nanogpt.data import DATASET_FILES, TokenWriter, token_dtype, write_meta
 from nanogpt.download import download
 from nanogpt.errors import UserError
 from nanogpt.textfiles import input_files, read_pieces, split_text
@@ -25,6 +25,8 @@ TOKENIZERS = ("char", "gpt2", "bpe")
 DOC_SEPARATORS = {"char": "\n", "gpt2": END_OF_TEXT, "bpe": END_OF_TEXT}
 """Put between the files of a folder: the BPEs' end-of-document token; a newline for char."""
 DEFAULT_BPE_VOCAB = 4096
+MIN_SPLIT_TOKENS = 2
+"""Each split needs a window of block_size + 1 tokens, so at least 2 (block_size 1)."""
 BPE_TRAIN_CHARS = 200_000_000
 """The BPE learns from at most about this much training text, an even sample of pieces
 beyond it: about 40 s on 2 cores, and more text hardly changes the merges of a small
@@ -54,6 +56,9 @@ def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenize
     if vocab_size is not None and tokenizer != "bpe":
         raise UserError(f"vocab_size is for --tokenizer bpe; the {tokenizer} tokenizer's "
                         f"vocabulary is fixed by {'the text' if tokenizer == 'char' else 'GPT-2'}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory; pass --out a dataset "
+                        f"directory, e.g. data/notes")
     tok = GPT2Tokenizer() if tokenizer == "gpt2" else None  # a missing tiktoken fails now
     if tokenizer == "bpe":
         _check_bpe_extra()
@@ -62,17 +67,20 @@ def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenize
         if not local.exists():
             download(str(source), local, "the input text")
         source = local
-    files = input_files(source)
+    # a folder prepared into itself: its last train.bin etc. are not part of the text
+    files = input_files(source, skip={(Path(out_dir) / f).resolve() for f in DATASET_FILES})
     n_chars, chars = _count_characters(files, want_chars=tokenizer == "char")
     if n_chars < 2:
         raise UserError(f"{source} holds {n_chars} characters; a dataset needs more text")
     split_at = int(n_chars * (1 - val_fraction))
+    _check_split_sizes({"train": split_at, "val": n_chars - split_at}, "characters",
+                       val_fraction)
     if tokenizer == "char":
         tok = CharTokenizer(chars)
     elif tokenizer == "bpe":
         tok = train_bpe(_bpe_sample(files, split_at, bpe_train_chars),
                         vocab_size or DEFAULT_BPE_VOCAB)
-    counts = _write_splits(Path(out_dir), files, tok, split_at)
+    counts = _write_splits(Path(out_dir), files, tok, split_at, val_fraction)
     return write_meta(out_dir, tok, counts["train"], counts["val"])
 
 
@@ -161,8 +169,19 @@ def _piece_encoder(tok, dtype: np.dtype):
     return encode_bpe
 
 
-def _write_splits(out: Path, files: list[Path], tok, split_at: int) -> dict[str, int]:
-    """Tokenize files piece by piece into out/train.bin and out/val.bin; the id counts."""
+def _check_split_sizes(sizes: dict[str, int], unit: str, val_fraction: float) -> None:
+    """UserError when a split has fewer than MIN_SPLIT_TOKENS characters or tokens."""
+    for name, size in sizes.items():
+        if size < MIN_SPLIT_TOKENS:
+            raise UserError(f"the {name} split gets {size} {unit} (val_fraction {val_fraction}"
+                            f" of {sum(sizes.values())}) but needs at least "
+                            f"{MIN_SPLIT_TOKENS}; give more text or change --val_fraction")
+
+
+def _write_splits(out: Path, files: list[Path], tok, split_at: int, val_fraction: float
+                  ) -> dict[str, int]:
+    """Tokenize files piece by piece into out/train.bin and out/val.bin; the id counts. Both
+    files are replaced only once both splits are big enough (_check_split_sizes)."""
     dtype = token_dtype(tok.vocab_size)
     encode = _piece_encoder(tok, dtype)
     with TokenWriter(out / "train.bin", dtype) as train, \
@@ -171,6 +190,8 @@ def _write_splits(out: Path, files: list[Path], tok, split_at: int) -> dict[str,
         pieces = _split(_pieces(files, "tokenizing"), split_at)
         for split, ids in _map_ahead(lambda p: (p[0], encode(p[1])), pieces):
             writers[split].write(ids)
+        _check_split_sizes({name: w.count for name, w in writers.items()}, "tokens",
+                           val_fraction)
         return {name: w.commit() for name, w in writers.items()}
 
 

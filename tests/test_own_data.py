@@ -1,0 +1,61 @@
+"""A user's own text, odd or wrong: what prepare, train and sample do with it."""
+
+import hashlib
+import os
+
+import pytest
+
+from nanogpt.errors import UserError
+from nanogpt.prepare import prepare_text
+from tests.conftest import run_script
+
+
+def snapshot(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def test_a_folder_prepared_into_itself_again_gives_the_same_dataset(tmp_path):
+    # the README's own habit: the text in data/NAME/, the dataset written beside it
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "input.txt").write_text("To be, or not to be: that is the question.\n" * 50,
+                                      encoding="utf-8")
+    first = prepare_text(folder, folder)
+    files = snapshot(folder)
+    assert prepare_text(folder, folder) == first  # not the last train.bin read as text
+    assert snapshot(folder) == files
+
+
+@pytest.mark.parametrize("tokenizer, text, val_fraction, split, unit", [
+    ("char", "hello world\n" * 100, 1e-9, "val", "1 characters"),
+    ("char", "hello world\n", 0.99, "train", "0 characters"),
+    ("gpt2", "x" * 45 + "hello", 0.1, "val", "1 tokens"),  # 5 characters, 1 token
+])
+def test_a_split_too_small_to_train_is_refused_and_the_dataset_kept(tmp_path, tokenizer, text,
+                                                                    val_fraction, split, unit):
+    (tmp_path / "good.txt").write_text("hello world\n" * 100, encoding="utf-8")
+    (tmp_path / "odd.txt").write_text(text, encoding="utf-8")
+    ds = tmp_path / "ds"
+    prepare_text(tmp_path / "good.txt", ds)
+    before = snapshot(ds)
+    with pytest.raises(UserError, match=f"the {split} split gets {unit} .*--val_fraction"):
+        prepare_text(tmp_path / "odd.txt", ds, tokenizer, val_fraction)
+    assert snapshot(ds) == before  # no half-written dataset, no temporary file
+
+
+def test_prepare_script_errors_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "in.txt").write_text("hello world\n" * 10, encoding="utf-8")
+    for args, message in [(["--out", str(tmp_path / "in.txt")], "is not a directory"),
+                          (["--tokenizer", "words", "--out", str(tmp_path / "ds")],
+                           "invalid choice: 'words'")]:
+        result = run_script("data/prepare.py", ["--input", str(tmp_path / "in.txt"), *args])
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert (tmp_path / "in.txt").read_text(encoding="utf-8") == "hello world\n" * 10
+
+
+def test_an_input_that_is_no_file_is_named_as_such(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(UserError, match="pipe is not a regular file or a folder"):
+        prepare_text(tmp_path / "pipe", tmp_path / "ds")
