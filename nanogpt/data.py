@@ -335,9 +335,13 @@ class BatchSampler:
     def __post_init__(self) -> None:
         n = os.path.getsize(self.path) // np.dtype(self.dtype).itemsize
         self.num_windows = n - self.block_size  # a window reads block_size + 1 tokens
-        if self.num_windows < 1:
+        if self.num_windows < 1 and n < 2:
+            raise UserError(f"{self.path} holds {n} token(s); a split needs at least 2 (a "
+                            f"window of block_size + 1); {_fix(Path(self.path).parent)} from "
+                            f"more text, or with another --val_fraction")
+        if self.num_windows < 1:  # a window reads block_size + 1 tokens
             raise UserError(f"block_size {self.block_size} is too large for {self.path} "
-                            f"({n} tokens); use --block_size={max(1, n - 2)} or less")
+                            f"({n} tokens); use --block_size={n - 1} or less")
         if self.order not in ("random", "epoch"):
             raise ValueError(f"order must be 'random' or 'epoch', got {self.order!r}")
         # epoch order: windows at shift + j * block_size, shift in [0, slack]

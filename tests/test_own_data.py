@@ -3,11 +3,14 @@
 import hashlib
 import os
 
+import numpy as np
 import pytest
 
+from nanogpt.data import BatchSampler
 from nanogpt.errors import UserError
 from nanogpt.prepare import prepare_text
 from tests.conftest import run_script
+
 
 
 def snapshot(directory):
@@ -59,3 +62,15 @@ def test_an_input_that_is_no_file_is_named_as_such(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(UserError, match="pipe is not a regular file or a folder"):
         prepare_text(tmp_path / "pipe", tmp_path / "ds")
+
+
+def test_a_split_too_small_for_any_block_size_says_so(tmp_path):
+    path = tmp_path / "val.bin"
+    np.arange(1, dtype=np.uint16).tofile(path)
+    with pytest.raises(UserError, match="holds 1 token.*at least 2") as e:
+        BatchSampler(str(path), block_size=1, batch_size=1, seed=0)
+    assert "block_size=" not in str(e.value)
+    np.arange(10, dtype=np.uint16).tofile(path)
+    with pytest.raises(UserError, match=r"use --block_size=9 or less"):
+        BatchSampler(str(path), block_size=10, batch_size=1, seed=0)
+    BatchSampler(str(path), block_size=9, batch_size=1, seed=0)  # the advice works
