@@ -114,8 +114,9 @@ def sample_parser() -> argparse.ArgumentParser:
                    help="'resume' samples out_dir's checkpoint; a GPT-2 name (gpt2, "
                         "gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face GPT-2 directory "
                         "samples those weights")
-    p.add_argument("--start", default="\n",
-                   help="prompt text, or FILE:path to read the prompt from a file")
+    p.add_argument("--start", default=None,
+                   help="prompt text, or FILE:path to read the prompt from a file (default: "
+                        "a newline, or a char vocabulary's first character if it has none)")
     p.add_argument("--num_samples", type=int, default=10, help="samples, generated as one batch")
     p.add_argument("--max_new_tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -167,7 +168,7 @@ def _sample(argv: list[str]) -> int:
     args = sample_parser().parse_args(argv)
     if args.top_k < 0:
         raise UserError(f"top_k must be >= 0 (0 disables it), got {args.top_k}")
-    prompt = _read_prompt(args.start)
+    prompt = None if args.start is None else _read_prompt(args.start)
 
     import torch
 
@@ -175,6 +176,7 @@ def _sample(argv: list[str]) -> int:
     from nanogpt.device import resolve_device, resolve_dtype
     from nanogpt.inference import for_decoding
     from nanogpt.sampling import generate_pieces
+    from nanogpt.tokenizer import default_prompt
 
     device = resolve_device(args.device)
     if args.init_from == "resume":
@@ -183,6 +185,8 @@ def _sample(argv: list[str]) -> int:
         from nanogpt.pretrained import load_pretrained_model
 
         model, tokenizer = load_pretrained_model(args.init_from, device)
+    if prompt is None:
+        prompt = default_prompt(tokenizer)
     dtype = resolve_dtype(args.dtype, device)
     model = for_decoding(model, dtype)  # weights in dtype; the float32 ones are let go
     torch.manual_seed(args.seed)

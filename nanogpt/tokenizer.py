@@ -60,6 +60,18 @@ class CharTokenizer:
         return tokenizer_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+DEFAULT_PROMPT = "\n"
+"""Where samples start unless told otherwise (sample.py --start, sample_prompt)."""
+
+
+def default_prompt(tokenizer) -> str:
+    """DEFAULT_PROMPT, or the first character of a char vocabulary without a newline (a text
+    of one line), so that sampling needs no prompt from the user."""
+    if isinstance(tokenizer, CharTokenizer) and DEFAULT_PROMPT not in tokenizer.stoi:
+        return tokenizer.chars[0]
+    return DEFAULT_PROMPT
+
+
 # GPT-2's pre-tokenizer: contractions, letters, digits, other symbols, whitespace runs. No
 # pre-token crosses a newline that is followed by a non-space character, so text cut there
 # encodes to the same tokens piece by piece as whole (nanogpt.textfiles cuts there).

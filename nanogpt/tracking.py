@@ -16,7 +16,7 @@ import torch
 from nanogpt.errors import UserError
 from nanogpt.rundir import RunLog
 from nanogpt.sampling import generate_text
-from nanogpt.tokenizer import tokenizer_from_dict
+from nanogpt.tokenizer import DEFAULT_PROMPT, default_prompt, tokenizer_from_dict
 
 log = logging.getLogger("nanogpt")
 
@@ -47,6 +47,8 @@ class EvalSample:
     def __init__(self, tokenizer_meta: dict, prompt: str, max_new_tokens: int, seed: int,
                  from_scratch: bool = False):
         self.tokenizer = tokenizer_from_dict(tokenizer_meta)
+        if prompt == DEFAULT_PROMPT:
+            prompt = default_prompt(self.tokenizer)
         self.prompt, self.max_new_tokens, self.seed = prompt, max_new_tokens, seed
         self.first_iter = 1 if from_scratch else 0
         try:

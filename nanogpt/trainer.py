@@ -560,6 +560,10 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
                         f"{checkpoint_path(cfg.out_dir)}; check --out_dir or start with "
                         f"--init_from=scratch")
     ckpt = load_checkpoint(existing)
+    if ckpt.get("tokenizer") != meta["tokenizer"]:  # before the shape: it sets vocab_size
+        raise UserError(f"cannot resume: dataset {cfg.dataset!r} uses another tokenizer or "
+                        f"vocabulary than the checkpoint {existing}; pass the --dataset it "
+                        f"was trained on")
     saved, wanted = ckpt["model_args"], {k: getattr(cfg, k) for k in SHAPE_KEYS}
     wanted["vocab_size"] = cfg.vocab_size or meta["vocab_size"]
     # a finetuned GPT-2 has GPT-2's shape whatever n_layer etc. say, as when it started
@@ -569,10 +573,6 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
     if diff:
         raise UserError("cannot resume: the model shape differs from the checkpoint: "
                         + ", ".join(diff) + "; use the checkpoint's values")
-    if ckpt.get("tokenizer") != meta["tokenizer"]:
-        raise UserError(f"cannot resume: dataset {cfg.dataset!r} uses another tokenizer or "
-                        f"vocabulary than the checkpoint {existing}; pass the --dataset it "
-                        f"was trained on")
     check_finetune_matches(cfg, ckpt.get("lora"))
     return ckpt, existing
 

@@ -6,11 +6,15 @@ import os
 import numpy as np
 import pytest
 
+from nanogpt.cli import sample_main, train_main
+from nanogpt.config import parse_args
 from nanogpt.data import BatchSampler
 from nanogpt.errors import UserError
 from nanogpt.prepare import prepare_text
-from tests.conftest import run_script
-
+from nanogpt.tokenizer import CharTokenizer, default_prompt
+from nanogpt.tracking import EvalSample
+from nanogpt.trainer import train
+from tests.conftest import run_script, tiny_args
 
 
 def snapshot(directory):
@@ -74,3 +78,30 @@ def test_a_split_too_small_for_any_block_size_says_so(tmp_path):
     with pytest.raises(UserError, match=r"use --block_size=9 or less"):
         BatchSampler(str(path), block_size=10, batch_size=1, seed=0)
     BatchSampler(str(path), block_size=9, batch_size=1, seed=0)  # the advice works
+
+
+def test_the_default_prompt_fits_a_vocabulary_without_newline():
+    assert default_prompt(CharTokenizer(["\n", "a"])) == "\n"
+    one_line = CharTokenizer(["a", "b"])
+    assert default_prompt(one_line) == "a"
+    assert EvalSample(one_line.to_dict(), "\n", 4, seed=0).prompt == "a"
+    with pytest.raises(UserError, match="sample_prompt 'c' does not fit"):
+        EvalSample(one_line.to_dict(), "c", 4, seed=0)
+
+
+def test_text_of_one_line_trains_samples_and_is_not_resumed_on_other_data(
+        tmp_path, data_dir, capsys):
+    (tmp_path / "dna.txt").write_text("ACGTTGCA" * 500, encoding="utf-8")  # no newline
+    prepare_text(tmp_path / "dna.txt", tmp_path / "data" / "dna")
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(tmp_path / "data", out, dataset="dna", max_iters=2,
+                               eval_interval=2, sample_tokens=8)))  # samples with the default
+    assert sample_main(["--out_dir", str(out), "--num_samples=1", "--max_new_tokens=8",
+                        "--device=cpu"]) == 0
+    assert capsys.readouterr().out[:1] in "ACGT"
+    before = snapshot(out)
+    # Shakespeare's 65 characters, not these 4: the tokenizer is the problem, not the shape
+    assert train_main(tiny_args(data_dir, out, init_from="resume")) == 2
+    err = capsys.readouterr().err
+    assert "uses another tokenizer or vocabulary than the checkpoint" in err, err
+    assert snapshot(out) == before
