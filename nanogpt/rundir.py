@@ -54,7 +54,12 @@ class RunLock:
         if fcntl is None:
             return self
         self.created_dir = not self.out_dir.exists()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, no permission
+            why = "it is a file" if self.out_dir.is_file() else e.strerror or e
+            raise UserError(f"cannot use --out_dir {self.out_dir}: {why}; choose another "
+                            f"--out_dir") from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from nanogpt.cli import sample_main, train_main
+from nanogpt.cli import _read_prompt, sample_main, train_main
 from nanogpt.config import parse_args
 from nanogpt.data import BatchSampler
 from nanogpt.errors import UserError
@@ -105,3 +105,16 @@ def test_text_of_one_line_trains_samples_and_is_not_resumed_on_other_data(
     err = capsys.readouterr().err
     assert "uses another tokenizer or vocabulary than the checkpoint" in err, err
     assert snapshot(out) == before
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, data_dir, capsys):
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    assert train_main(tiny_args(data_dir, tmp_path / "notes.txt")) == 2
+    assert "cannot use --out_dir" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_a_prompt_file_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "prompt.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(UserError, match="prompt.txt' given by --start is not UTF-8"):
+        _read_prompt(f"FILE:{tmp_path / 'prompt.txt'}")
