@@ -8,6 +8,7 @@ uint32 for a vocabulary over 65,536) and meta.json (the tokenizer, as JSON) into
 Files are read and tokenized in pieces: memory stays bounded whatever the size of the input.
 """
 import sys
+from pathlib import Path
 
 from nanogpt.cli import OneLineParser
 from nanogpt.errors import UserError, debug_requested, run_guarded
@@ -35,13 +36,19 @@ def _prepare(argv: list[str]) -> int:
                         f"training text, an even sample (default {BPE_TRAIN_CHARS:.0e})")
     p.add_argument("--val_fraction", type=float, default=0.1)
     args = p.parse_args(argv)
+    local = Path(args.out) / "input.txt"
+    if args.input.startswith(("http://", "https://")) and local.exists():
+        print(f"using {local}, there from before (delete it to download {args.input} again)")
     try:
         meta = prepare_text(args.input, args.out, args.tokenizer, args.val_fraction,
                             args.vocab_size, args.bpe_train_chars)
     except OSError as e:  # unreadable input, a full disk, no permission to write --out
         raise UserError(f"cannot prepare {args.out}: {e.strerror or e}"
                         + (f" ({e.filename})" if e.filename else "")) from None
-    print(f"{args.tokenizer} tokenizer, vocab size {meta['vocab_size']}: "
+    asked = args.vocab_size or DEFAULT_BPE_VOCAB
+    fewer = (f" (not {asked}: the text repeats too few pairs for more merges)"
+             if args.tokenizer == "bpe" and meta["vocab_size"] < asked else "")
+    print(f"{args.tokenizer} tokenizer, vocab size {meta['vocab_size']}{fewer}: "
           f"{meta['train_tokens']:,} train tokens, {meta['val_tokens']:,} val tokens "
           f"({meta['dtype']}) in {args.out}")
     return 0

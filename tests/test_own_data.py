@@ -62,6 +62,19 @@ def test_prepare_script_errors_are_one_line_and_exit_2(tmp_path):
     assert (tmp_path / "in.txt").read_text(encoding="utf-8") == "hello world\n" * 10
 
 
+def test_prepare_script_says_what_it_took_that_was_not_asked(tmp_path):
+    """An input.txt already in --out stands for the URL (the download error's advice), and
+    a short text gives a smaller BPE than asked: both are said, not silent."""
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "input.txt").write_text("hello world\n" * 10, encoding="utf-8")
+    result = run_script("data/prepare.py", ["--input", "https://example.com/book.txt", "--out",
+                                            str(tmp_path / "ds"), "--tokenizer", "bpe",
+                                            "--vocab_size", "1000"])
+    assert result.returncode == 0, result.stderr
+    assert f"using {tmp_path / 'ds' / 'input.txt'}, there from before" in result.stdout
+    assert "(not 1000: the text repeats too few pairs" in result.stdout
+
+
 def test_an_input_that_is_no_file_is_named_as_such(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(UserError, match="pipe is not a regular file or a folder"):
