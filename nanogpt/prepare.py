@@ -67,8 +67,7 @@ def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenize
         if not local.exists():
             download(str(source), local, "the input text")
         source = local
-    # a folder prepared into itself: its last train.bin etc. are not part of the text
-    files = input_files(source, skip={(Path(out_dir) / f).resolve() for f in DATASET_FILES})
+    files = input_files(source, skip=_dataset_file_check(out_dir))
     n_chars, chars = _count_characters(files, want_chars=tokenizer == "char")
     if n_chars < 2:
         raise UserError(f"{source} holds {n_chars} characters; a dataset needs more text")
@@ -82,6 +81,20 @@ def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenize
                         vocab_size or DEFAULT_BPE_VOCAB)
     counts = _write_splits(Path(out_dir), files, tok, split_at, val_fraction)
     return write_meta(out_dir, tok, counts["train"], counts["val"])
+
+
+def _dataset_file_check(out_dir: str | os.PathLike):
+    """path -> whether it is a file of a prepared dataset, not text: out_dir's train.bin,
+    val.bin or meta.json (a folder prepared into itself), or those of a folder holding all
+    three (a dataset prepared inside the input folder)."""
+    out = Path(out_dir).resolve()
+
+    def is_dataset_file(path: Path) -> bool:
+        return path.name in DATASET_FILES and (
+            path.parent.resolve() == out
+            or all((path.parent / name).is_file() for name in DATASET_FILES))
+
+    return is_dataset_file
 
 
 def _check_bpe_extra() -> None:

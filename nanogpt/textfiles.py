@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nanogpt.errors import UserError
@@ -24,19 +24,21 @@ _VISIBLE = r"(?:[!-~]|\w)"  # a visible ASCII character, a letter or a digit
 _CUT = re.compile(rf"(?<={_VISIBLE})(?:\n(?={_VISIBLE})|\r(?=\n{_VISIBLE}))")
 
 
-def input_files(source: str | os.PathLike, skip: Collection[Path] = ()) -> list[Path]:
-    """[source] for a file; every non-hidden file under a folder, by sorted path, but those
-    whose resolved path is in skip (the files of a dataset prepared into the folder)."""
+def input_files(source: str | os.PathLike, skip: Callable[[Path], bool] | None = None
+                ) -> list[Path]:
+    """[source] for a file; every non-hidden file under a folder for which skip is not true,
+    by sorted path."""
     source = Path(source)
     if source.is_file():
         return [source]
     if source.is_dir():
         files = sorted(f for f in source.rglob("*") if f.is_file()
                        and not any(part.startswith(".") for part in f.relative_to(source).parts)
-                       and f.resolve() not in skip)
+                       and not (skip and skip(f)))
         if not files:
-            raise UserError(f"the folder {source} holds no files; pass a text file or a "
-                            f"folder of text files")
+            raise UserError(f"the folder {source} holds no files to read (hidden files and "
+                            f"prepared datasets are skipped); pass a text file or a folder "
+                            f"of text files")
         return files
     problem = "is not a regular file or a folder" if source.exists() else "does not exist"
     raise UserError(f"{source} {problem}; pass --input a UTF-8 text file, a folder of "

@@ -31,6 +31,10 @@ def test_a_folder_prepared_into_itself_again_gives_the_same_dataset(tmp_path):
     files = snapshot(folder)
     assert prepare_text(folder, folder) == first  # not the last train.bin read as text
     assert snapshot(folder) == files
+    # nor another dataset prepared inside the input folder
+    assert prepare_text(tmp_path, tmp_path / "all") == first
+    with pytest.raises(UserError, match="holds no files to read .*prepared datasets"):
+        prepare_text(tmp_path / "all", tmp_path / "again")
 
 
 @pytest.mark.parametrize("tokenizer, text, val_fraction, split, unit", [
