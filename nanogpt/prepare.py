@@ -49,6 +49,9 @@ def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, tokenize
     grow with the input: one pass counts the characters (and collects the char vocabulary),
     'bpe' reads the training part once more to train, a last pass tokenizes.
     """
+    for name, value in (("input", source), ("out", out_dir)):
+        if not str(value).strip():  # Path("") is the current folder: an unset shell variable
+            raise UserError(f"--{name} is empty; pass a path")
     if tokenizer not in TOKENIZERS:
         raise UserError(f"unknown tokenizer {tokenizer!r}; use {', '.join(TOKENIZERS)}")
     if not 0.0 < val_fraction < 1.0:

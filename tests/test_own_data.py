@@ -79,10 +79,17 @@ def test_prepare_script_says_what_it_took_that_was_not_asked(tmp_path):
     assert "(not 1000: the text repeats too few pairs" in result.stdout
 
 
-def test_an_input_that_is_no_file_is_named_as_such(tmp_path):
+def test_an_input_that_is_no_file_is_named_as_such(tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(UserError, match="pipe is not a regular file or a folder"):
         prepare_text(tmp_path / "pipe", tmp_path / "ds")
+    (tmp_path / "in.txt").write_text("hello world\n" * 10, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # an empty path is not the current folder
+    with pytest.raises(UserError, match="--input is empty"):
+        prepare_text("", "ds")
+    with pytest.raises(UserError, match="--out is empty"):
+        prepare_text("in.txt", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "pipe"]
 
 
 def test_a_split_too_small_for_any_block_size_says_so(tmp_path):
