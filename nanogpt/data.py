@@ -339,7 +339,7 @@ class BatchSampler:
             raise UserError(f"{self.path} holds {n} token(s); a split needs at least 2 (a "
                             f"window of block_size + 1); {_fix(Path(self.path).parent)} from "
                             f"more text, or with another --val_fraction")
-        if self.num_windows < 1:  # a window reads block_size + 1 tokens
+        if self.num_windows < 1:
             raise UserError(f"block_size {self.block_size} is too large for {self.path} "
                             f"({n} tokens); use --block_size={n - 1} or less")
         if self.order not in ("random", "epoch"):

@@ -120,6 +120,7 @@ def test_text_of_one_line_trains_samples_and_is_not_resumed_on_other_data(
     out = tmp_path / "out"
     train(parse_args(tiny_args(tmp_path / "data", out, dataset="dna", max_iters=2,
                                eval_interval=2, sample_tokens=8)))  # samples with the default
+    capsys.readouterr()  # the run's log lines, where an earlier test set up logging
     assert sample_main(["--out_dir", str(out), "--num_samples=1", "--max_new_tokens=8",
                         "--device=cpu"]) == 0
     assert capsys.readouterr().out[:1] in "ACGT"
