@@ -153,8 +153,8 @@ def _read_prompt(start: str) -> str:
         raise UserError(f"cannot read the prompt file {path!r} given by --start: "
                         f"{e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"the prompt file {path!r} given by --start is not UTF-8 text "
-                        f"({e.reason}: byte {e.object[e.start]:#04x})") from None
+        raise UserError(f"the prompt file {path!r} given by --start is not UTF-8 text (byte "
+                        f"{e.start}: {e.reason})") from None
 
 
 def _unescape(s: str) -> str:
@@ -188,13 +188,13 @@ def _sample(argv: list[str]) -> int:
         from nanogpt.pretrained import load_pretrained_model
 
         model, tokenizer = load_pretrained_model(args.init_from, device)
-    if prompt is None:
-        prompt = default_prompt(tokenizer)
     dtype = resolve_dtype(args.dtype, device)
     model = for_decoding(model, dtype)  # weights in dtype; the float32 ones are let go
     torch.manual_seed(args.seed)
     separator = "\n---------------\n"
     out = sys.stdout
+    if prompt is None:
+        prompt = default_prompt(tokenizer)
     texts = [""] * args.num_samples
     pieces = generate_pieces(
         model, tokenizer.encode, tokenizer.decode, prompt, num_samples=args.num_samples,
