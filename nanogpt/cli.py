@@ -151,6 +151,9 @@ def _read_prompt(start: str) -> str:
     except OSError as e:
         raise UserError(f"cannot read the prompt file {path!r} given by --start: "
                         f"{e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"the prompt file {path!r} given by --start is not UTF-8 text (byte "
+                        f"{e.start}: {e.reason})") from None
 
 
 def _unescape(s: str) -> str:

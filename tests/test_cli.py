@@ -176,3 +176,14 @@ def test_prompt_from_a_file(trained, tmp_path, capsys):
     assert sample_main(["--out_dir", str(trained), f"--start=FILE:{prompt}", "--num_samples=1",
                         "--max_new_tokens=5"]) == 0
     assert capsys.readouterr().out.startswith("JULIET:\nO Romeo")
+
+
+def test_a_prompt_file_that_is_not_text_is_one_line(trained, tmp_path, capsys):
+    prompt = tmp_path / "prompt.bin"
+    prompt.write_bytes(b"ROMEO:\xd0\x00\xff")
+    code = sample_main(["--out_dir", str(trained), f"--start=FILE:{prompt}", "--num_samples=1",
+                        "--max_new_tokens=5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"error: the prompt file {str(prompt)!r} given by --start is not UTF-8 text " \
+                  f"(byte 6: invalid continuation byte)\n"
