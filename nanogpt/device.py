@@ -22,6 +22,10 @@ DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 
 def resolve_device(requested: str) -> str:
     """'auto' -> cuda, then mps, then cpu; an explicit device is checked to exist."""
+    try:
+        check_device_name(requested)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"

@@ -106,6 +106,8 @@ SAMPLE_CASES = {
     "missing prompt file": (["--start=FILE:{empty}/prompt.txt"], "cannot read the prompt file"),
     "bad option": (["--temprature=1"], "unrecognized arguments: --temprature=1"),
     "cuda without cuda": (["--device=cuda"], "CUDA is not available"),
+    "unknown device": (["--device=gpu"], "device must be auto, cpu, cuda, cuda:N or mps; "
+                                         "got 'gpu'"),
 }
 
 
