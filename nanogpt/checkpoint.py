@@ -150,6 +150,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise refuse(f"torch.load raised {type(e).__name__}") from None
     if not isinstance(ckpt, dict) or not {"model", "model_args"} <= ckpt.keys():
         raise refuse("it holds no model and model_args")
+    if not isinstance(ckpt.get("tokenizer"), dict):  # karpathy/nanoGPT's have none
+        raise refuse("it holds no tokenizer")
+    try:
+        GPTConfig(**ckpt["model_args"])
+    except (TypeError, ValueError) as e:  # another program's, or another version's
+        raise refuse(f"its model_args are not this nanogpt's: {e}") from None
     return ckpt
 
 
@@ -209,7 +215,11 @@ def load_model_weights(model: GPT, ckpt: dict) -> None:
         except ValueError as e:
             raise CheckpointError(f"cannot load the LoRA checkpoint: {e}") from None
     else:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # missing, unexpected or misshapen weights
+            raise CheckpointError("the checkpoint's weights do not fit its model_args: "
+                                  + " ".join(str(e).split())[:300]) from None
 
 
 def lora_settings(base: GPT, source: str, rank: int, alpha: float, targets: list[str]) -> dict:
