@@ -53,17 +53,19 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     from nanogpt import distributed
-    from nanogpt.config import parse_args
+    from nanogpt.config import TrainConfig, given_values, parse_args
     from nanogpt.device import resolve_device
     from nanogpt.rundir import saved_run_config
     from nanogpt.trainer import train
 
-    cfg = parse_args(argv)
-    if cfg.init_from == "resume":  # start from the run's own settings; argv still wins
-        saved = saved_run_config(cfg.out_dir)
+    base = None
+    given = given_values(argv)  # checked together only on top of the run's own settings
+    if given.get("init_from", TrainConfig.init_from) == "resume":  # argv still wins
+        saved = saved_run_config(given.get("out_dir", TrainConfig.out_dir))
         if saved is not None:
-            cfg = parse_args(argv, base={k: v for k, v in saved.items()
-                                         if k not in ("init_from", "overwrite", "eval_only")})
+            base = {k: v for k, v in saved.items()
+                    if k not in ("init_from", "overwrite", "eval_only")}
+    cfg = parse_args(argv, base=base)
     dist = distributed.dist_from_env()
     setup_logging(enabled=dist.is_master)
     if not dist.enabled:

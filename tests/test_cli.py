@@ -164,6 +164,15 @@ def test_resume_needs_only_the_out_dir(trained, tmp_path):
     assert ckpt["config"]["max_iters"] == 6
 
 
+def test_resume_flags_are_checked_with_the_runs_settings_not_the_defaults(trained, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    # n_embd=32 with the default n_head=12 would be refused; the run has n_head=2
+    assert train_main(["--init_from=resume", f"--out_dir={out}", "--n_embd=32",
+                       "--max_iters=6"]) == 0
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 6
+
+
 def test_eval_only_does_not_stick_to_later_resumes(trained, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
