@@ -182,13 +182,13 @@ def _sample(argv: list[str]) -> int:
     from nanogpt.sampling import generate_pieces
 
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, "sampling")  # before loading gigabytes
     if args.init_from == "resume":
         model, tokenizer = load_model(args.out_dir, device)
     else:
         from nanogpt.pretrained import load_pretrained_model
 
         model, tokenizer = load_pretrained_model(args.init_from, device)
-    dtype = resolve_dtype(args.dtype, device)
     model = for_decoding(model, dtype)  # weights in dtype; the float32 ones are let go
     torch.manual_seed(args.seed)
     separator = "\n---------------\n"

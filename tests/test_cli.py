@@ -104,6 +104,8 @@ SAMPLE_CASES = {
     "unknown characters": (["--start=héllo€"], "characters not in the vocabulary: 'é', '€'"),
     "negative max_new_tokens": (["--max_new_tokens=-1"], "max_new_tokens must be >= 0"),
     "NaN temperature": (["--temperature=nan"], "temperature must be >= 0, got nan"),
+    "fp16 on cpu": (["--dtype=float16", "--device=cpu"],
+                    "dtype 'float16' is not supported for sampling on CPU"),
     "missing prompt file": (["--start=FILE:{empty}/prompt.txt"], "cannot read the prompt file"),
     "bad option": (["--temprature=1"], "unrecognized arguments: --temprature=1"),
     "cuda without cuda": (["--device=cuda"], "CUDA is not available"),
