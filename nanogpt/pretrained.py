@@ -185,17 +185,39 @@ def load_hf_state_dict(model: GPT, hf_state: dict[str, torch.Tensor]) -> None:
 
 
 def load_pretrained_model(name_or_path: str, device: str | torch.device = "cpu"):
-    """(model in eval mode, GPT-2 tokenizer), as checkpoint.load_model gives for an out_dir."""
-    from nanogpt.data import GPT2Tokenizer
+    """(model in eval mode, tokenizer), as checkpoint.load_model gives for an out_dir: GPT-2's
+    BPE, or the tokenizer a nanogpt export wrote beside its weights (exported_tokenizer)."""
+    from nanogpt.tokenizer import GPT2Tokenizer, tokenizer_from_dict
 
     check_name_or_path(name_or_path)
-    tokenizer = GPT2Tokenizer()  # fail on a missing tiktoken before loading gigabytes
+    meta = exported_tokenizer(name_or_path)
+    # fail on a missing tiktoken before loading gigabytes
+    tokenizer = GPT2Tokenizer() if meta is None else tokenizer_from_dict(meta)
     model = from_pretrained(name_or_path).to(device)
     if model.config.vocab_size != tokenizer.vocab_size:
+        what = "GPT-2's" if meta is None else f"its {EXPORTED_TOKENIZER}'s"
         raise PretrainedError(f"{name_or_path} has vocab_size {model.config.vocab_size}, not "
-                              f"GPT-2's {tokenizer.vocab_size}: its tokenizer is not GPT-2 BPE")
+                              f"{what} {tokenizer.vocab_size}: the tokenizer does not fit")
     model.eval()
     return model, tokenizer
+
+
+EXPORTED_TOKENIZER = "nanogpt_tokenizer.json"
+
+
+def exported_tokenizer(name_or_path: str | os.PathLike) -> dict | None:
+    """The tokenizer (as meta.json holds it) that export_hf kept beside the weights of a
+    nanogpt run, or None: a GPT-2 name, or a directory of GPT-2 BPE weights."""
+    path = Path(name_or_path) / EXPORTED_TOKENIZER
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise PretrainedError(f"{path} holds no tokenizer")
+    return meta
 
 
 # ---- exporting ----
@@ -284,7 +306,7 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     if tokenizer_meta is not None:
         from nanogpt.hf_tokenizer import save_hf_tokenizer
 
-        (dest / "nanogpt_tokenizer.json").write_text(
+        (dest / EXPORTED_TOKENIZER).write_text(
             json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
         save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
     return dest
