@@ -163,6 +163,16 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CKPT_NAME
 
 
+def model_checkpoint(out_dir: str | os.PathLike) -> Path:
+    """The checkpoint to sample or export: ckpt.pt (the best-val model where
+    always_save_checkpoint=False), or last.pt when the run stopped before it wrote one."""
+    for path in (Path(out_dir) / CKPT_NAME, Path(out_dir) / LAST_NAME):
+        if path.is_file():
+            return path
+    raise CheckpointError(f"no checkpoint in {out_dir} (expected {checkpoint_path(out_dir)}); "
+                          f"train first or pass the out_dir you trained into")
+
+
 def newest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The file to resume from: ckpt.pt, or last.pt when a stop wrote that later.
 
@@ -274,11 +284,7 @@ def load_model(out_dir: str | os.PathLike, device: str | torch.device = "cpu"):
 
         model, tok = load_model("out-shakespeare-char")
     """
-    path = checkpoint_path(out_dir)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {out_dir} (expected {path}); train first "
-                              f"or pass the out_dir you trained into")
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(model_checkpoint(out_dir), map_location=device)
     model = model_from_checkpoint(ckpt, device)
     model.eval()
     return model, tokenizer_from_dict(ckpt["tokenizer"])

@@ -313,16 +313,16 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
 
 
 def export_checkpoint(out_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Export the checkpoint in out_dir (see export_hf); a LoRA run's adapters are merged
-    into its base, giving a plain GPT-2."""
+    """Export the checkpoint in out_dir (checkpoint.model_checkpoint; see export_hf); a LoRA
+    run's adapters are merged into its base, giving a plain GPT-2."""
     from nanogpt.checkpoint import (  # checkpoint loads GPT-2 through this module
-        checkpoint_path,
         load_checkpoint,
+        model_checkpoint,
         model_from_checkpoint,
     )
     from nanogpt.lora import has_adapters, merge_adapters
 
-    ckpt = load_checkpoint(checkpoint_path(out_dir))
+    ckpt = load_checkpoint(model_checkpoint(out_dir))
     model = model_from_checkpoint(ckpt)
     if has_adapters(model):
         merge_adapters(model)

@@ -176,6 +176,26 @@ def test_resume_flags_are_checked_with_the_runs_settings_not_the_defaults(traine
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 6
 
 
+def test_a_run_stopped_before_its_first_ckpt_pt_samples_and_exports_from_last_pt(
+        trained, tmp_path, capsys):
+    """always_save_checkpoint=False and Ctrl-C before the first improving evaluation: the
+    stop wrote last.pt and no ckpt.pt; it is the run's only model."""
+    from nanogpt.cli import export_main
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(trained / "ckpt.pt", stopped / "last.pt")
+    args = ["--num_samples=2", "--max_new_tokens=20", "--seed=3"]
+    assert sample_main(["--out_dir", str(trained), *args]) == 0
+    expected = capsys.readouterr().out
+    assert sample_main(["--out_dir", str(stopped), *args]) == 0
+    assert capsys.readouterr().out == expected
+    pytest.importorskip("safetensors")
+    assert export_main(["--out_dir", str(stopped), "--to", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    assert sorted(p.name for p in stopped.iterdir()) == ["last.pt"]
+
+
 def test_eval_only_does_not_stick_to_later_resumes(trained, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
