@@ -140,7 +140,13 @@ def sample_parser() -> argparse.ArgumentParser:
 
 def sample_main(argv: list[str] | None = None) -> int:
     argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
-    return run_guarded(lambda: _sample(argv), debug)
+    try:
+        return run_guarded(lambda: _sample(argv), debug)
+    except BrokenPipeError:  # the reader has stopped (sample.py | head): stop too, quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + 13  # as if killed by SIGPIPE, like other commands in a pipe
 
 
 def _read_prompt(start: str) -> str:

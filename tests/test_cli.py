@@ -4,6 +4,7 @@ file in out_dir changed."""
 import hashlib
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -221,3 +222,30 @@ def test_a_prompt_file_that_is_not_text_is_one_line(trained, tmp_path, capsys):
     assert code == 2
     assert err == f"error: the prompt file {str(prompt)!r} given by --start is not UTF-8 text " \
                   f"(byte 6: invalid continuation byte)\n"
+
+
+def test_sample_piped_into_head_stops_quietly(trained, monkeypatch, capsys):
+    """python sample.py ... | head: the reader closes the pipe; no traceback."""
+    import os
+
+    class ClosedPipe:  # stdout once head has read its fill
+        def __init__(self):
+            self.read_end, self.write_end = os.pipe()
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return self.write_end
+
+    pipe = ClosedPipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    assert sample_main(["--out_dir", str(trained), "--num_samples=1", "--max_new_tokens=50"]) == 141
+    assert capsys.readouterr().err == ""
+    os.write(pipe.write_end, b"x")  # now /dev/null: what Python flushes at exit goes nowhere
+    assert os.read(pipe.read_end, 1) == b""  # the pipe has no writer left
+    os.close(pipe.read_end)
+    os.close(pipe.write_end)
