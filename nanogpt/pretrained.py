@@ -299,16 +299,21 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise PretrainedError(f"{dest} exists and is not a directory; pass a directory to --to")
-    dest.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(model), str(dest / "model.safetensors"), metadata={"format": "pt"})
     config = hf_config_for(model.config, tokenizer_meta)
-    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if tokenizer_meta is not None:
-        from nanogpt.hf_tokenizer import save_hf_tokenizer
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        save_file(hf_state_dict(model), str(dest / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_meta is not None:
+            from nanogpt.hf_tokenizer import save_hf_tokenizer
 
-        (dest / EXPORTED_TOKENIZER).write_text(
-            json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
-        save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
+            (dest / EXPORTED_TOKENIZER).write_text(
+                json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
+            save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
+    except OSError as e:  # a missing parent, a file in the way, permissions, a full disk
+        raise PretrainedError(f"cannot write the export to {dest}: {e.strerror or e}"
+                              + (f" ({e.filename})" if e.filename else "")) from None
     return dest
 
 

@@ -144,6 +144,18 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, bias, gelu):
     assert json.loads((tmp_path / "hf" / "nanogpt_tokenizer.json").read_text())["kind"] == "char"
 
 
+def test_export_to_a_place_that_cannot_be_written_is_one_line(tmp_path):
+    pytest.importorskip("safetensors")
+    from nanogpt.pretrained import export_hf
+
+    (tmp_path / "a_file").write_text("not a directory")
+    with pytest.raises(UserError, match=f"cannot write the export to {tmp_path}/a_file/hf: Not "
+                                        f"a directory"):
+        export_hf(GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8)),
+                  tmp_path / "a_file" / "hf")
+    assert (tmp_path / "a_file").read_text() == "not a directory"
+
+
 def test_sample_py_samples_an_exported_run_with_its_own_tokenizer(tmp_path, capsys):
     pytest.importorskip("safetensors")
     from nanogpt.cli import sample_main
