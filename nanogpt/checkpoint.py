@@ -150,11 +150,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise refuse(f"torch.load raised {type(e).__name__}") from None
     if not isinstance(ckpt, dict) or not {"model", "model_args"} <= ckpt.keys():
         raise refuse("it holds no model and model_args")
+    if not isinstance(ckpt.get("tokenizer"), dict):  # karpathy/nanoGPT's have none
+        raise refuse("it holds no tokenizer")
+    try:
+        GPTConfig(**ckpt["model_args"])
+    except (TypeError, ValueError) as e:  # another program's, or another version's
+        raise refuse(f"its model_args are not this nanogpt's: {e}") from None
     return ckpt
 
 
 def checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CKPT_NAME
+
+
+def model_checkpoint(out_dir: str | os.PathLike) -> Path:
+    """The checkpoint to sample or export: ckpt.pt (the best-val model where
+    always_save_checkpoint=False), or last.pt when the run stopped before it wrote one."""
+    for path in (Path(out_dir) / CKPT_NAME, Path(out_dir) / LAST_NAME):
+        if path.is_file():
+            return path
+    raise CheckpointError(f"no checkpoint in {out_dir} (expected {checkpoint_path(out_dir)}); "
+                          f"train first or pass the out_dir you trained into")
 
 
 def newest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
@@ -209,7 +225,11 @@ def load_model_weights(model: GPT, ckpt: dict) -> None:
         except ValueError as e:
             raise CheckpointError(f"cannot load the LoRA checkpoint: {e}") from None
     else:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # missing, unexpected or misshapen weights
+            raise CheckpointError("the checkpoint's weights do not fit its model_args: "
+                                  + " ".join(str(e).split())[:300]) from None
 
 
 def lora_settings(base: GPT, source: str, rank: int, alpha: float, targets: list[str]) -> dict:
@@ -264,11 +284,7 @@ def load_model(out_dir: str | os.PathLike, device: str | torch.device = "cpu"):
 
         model, tok = load_model("out-shakespeare-char")
     """
-    path = checkpoint_path(out_dir)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {out_dir} (expected {path}); train first "
-                              f"or pass the out_dir you trained into")
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(model_checkpoint(out_dir), map_location=device)
     model = model_from_checkpoint(ckpt, device)
     model.eval()
     return model, tokenizer_from_dict(ckpt["tokenizer"])

@@ -53,17 +53,19 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     from nanogpt import distributed
-    from nanogpt.config import parse_args
+    from nanogpt.config import TrainConfig, given_values, parse_args
     from nanogpt.device import resolve_device
     from nanogpt.rundir import saved_run_config
     from nanogpt.trainer import train
 
-    cfg = parse_args(argv)
-    if cfg.init_from == "resume":  # start from the run's own settings; argv still wins
-        saved = saved_run_config(cfg.out_dir)
+    base = None
+    given = given_values(argv)  # checked together only on top of the run's own settings
+    if given.get("init_from", TrainConfig.init_from) == "resume":  # argv still wins
+        saved = saved_run_config(given.get("out_dir", TrainConfig.out_dir))
         if saved is not None:
-            cfg = parse_args(argv, base={k: v for k, v in saved.items()
-                                         if k not in ("init_from", "overwrite", "eval_only")})
+            base = {k: v for k, v in saved.items()
+                    if k not in ("init_from", "overwrite", "eval_only")}
+    cfg = parse_args(argv, base=base)
     dist = distributed.dist_from_env()
     setup_logging(enabled=dist.is_master)
     if not dist.enabled:
@@ -139,7 +141,13 @@ def sample_parser() -> argparse.ArgumentParser:
 
 def sample_main(argv: list[str] | None = None) -> int:
     argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
-    return run_guarded(lambda: _sample(argv), debug)
+    try:
+        return run_guarded(lambda: _sample(argv), debug)
+    except BrokenPipeError:  # the reader has stopped (sample.py | head): stop too, quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + 13  # as if killed by SIGPIPE, like other commands in a pipe
 
 
 def _read_prompt(start: str) -> str:
@@ -182,13 +190,13 @@ def _sample(argv: list[str]) -> int:
     from nanogpt.tokenizer import default_prompt
 
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, "sampling")  # before loading gigabytes
     if args.init_from == "resume":
         model, tokenizer = load_model(args.out_dir, device)
     else:
         from nanogpt.pretrained import load_pretrained_model
 
         model, tokenizer = load_pretrained_model(args.init_from, device)
-    dtype = resolve_dtype(args.dtype, device)
     model = for_decoding(model, dtype)  # weights in dtype; the float32 ones are let go
     torch.manual_seed(args.seed)
     separator = "\n---------------\n"

@@ -404,6 +404,12 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 def parse_args(argv: list[str], base: dict[str, object] | None = None) -> TrainConfig:
     """Build a TrainConfig from base, then config files, then overrides; later ones win."""
+    return TrainConfig(**given_values(argv, base))
+
+
+def given_values(argv: list[str], base: dict[str, object] | None = None) -> dict[str, object]:
+    """The values base, the config files and the overrides of argv set (later ones win),
+    converted but not yet checked together."""
     files, pairs = split_argv(argv)
     known = {f.name for f in fields(TrainConfig)}
     values = {k: convert(k, v, from_text=False) for k, v in (base or {}).items() if k in known}
@@ -416,7 +422,7 @@ def parse_args(argv: list[str], base: dict[str, object] | None = None) -> TrainC
         if key not in known:
             raise _unknown_key(key)
         values[key] = convert(key, value)
-    return TrainConfig(**values)
+    return values
 
 
 def format_config(cfg: TrainConfig) -> str:

@@ -22,6 +22,10 @@ DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 
 def resolve_device(requested: str) -> str:
     """'auto' -> cuda, then mps, then cpu; an explicit device is checked to exist."""
+    try:
+        check_device_name(requested)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -66,9 +70,10 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_dtype(requested: str, device: str) -> str:
+def resolve_dtype(requested: str, device: str, purpose: str = "training") -> str:
     """'auto' -> bf16 on CUDA that has it (else fp16), bf16 on CPUs with bf16 matrix units,
-    float32 elsewhere. An explicit choice is checked to work on the device."""
+    float32 elsewhere. An explicit choice is checked to work on the device (for purpose, as
+    the error says)."""
     kind = device.split(":")[0]
     if requested == "auto":
         if kind == "cuda":
@@ -79,7 +84,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     if requested == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("dtype 'bfloat16' is not supported on this GPU; use --dtype=float16")
     if requested == "float16" and kind == "cpu":
-        raise UserError("dtype 'float16' is not supported for training on CPU; "
+        raise UserError(f"dtype 'float16' is not supported for {purpose} on CPU; "
                         "use --dtype=bfloat16 or --dtype=float32")
     return requested
 

@@ -185,17 +185,39 @@ def load_hf_state_dict(model: GPT, hf_state: dict[str, torch.Tensor]) -> None:
 
 
 def load_pretrained_model(name_or_path: str, device: str | torch.device = "cpu"):
-    """(model in eval mode, GPT-2 tokenizer), as checkpoint.load_model gives for an out_dir."""
-    from nanogpt.data import GPT2Tokenizer
+    """(model in eval mode, tokenizer), as checkpoint.load_model gives for an out_dir: GPT-2's
+    BPE, or the tokenizer a nanogpt export wrote beside its weights (exported_tokenizer)."""
+    from nanogpt.tokenizer import GPT2Tokenizer, tokenizer_from_dict
 
     check_name_or_path(name_or_path)
-    tokenizer = GPT2Tokenizer()  # fail on a missing tiktoken before loading gigabytes
+    meta = exported_tokenizer(name_or_path)
+    # fail on a missing tiktoken before loading gigabytes
+    tokenizer = GPT2Tokenizer() if meta is None else tokenizer_from_dict(meta)
     model = from_pretrained(name_or_path).to(device)
     if model.config.vocab_size != tokenizer.vocab_size:
+        what = "GPT-2's" if meta is None else f"its {EXPORTED_TOKENIZER}'s"
         raise PretrainedError(f"{name_or_path} has vocab_size {model.config.vocab_size}, not "
-                              f"GPT-2's {tokenizer.vocab_size}: its tokenizer is not GPT-2 BPE")
+                              f"{what} {tokenizer.vocab_size}: the tokenizer does not fit")
     model.eval()
     return model, tokenizer
+
+
+EXPORTED_TOKENIZER = "nanogpt_tokenizer.json"
+
+
+def exported_tokenizer(name_or_path: str | os.PathLike) -> dict | None:
+    """The tokenizer (as meta.json holds it) that export_hf kept beside the weights of a
+    nanogpt run, or None: a GPT-2 name, or a directory of GPT-2 BPE weights."""
+    path = Path(name_or_path) / EXPORTED_TOKENIZER
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise PretrainedError(f"{path} holds no tokenizer")
+    return meta
 
 
 # ---- exporting ----
@@ -277,30 +299,35 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise PretrainedError(f"{dest} exists and is not a directory; pass a directory to --to")
-    dest.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(model), str(dest / "model.safetensors"), metadata={"format": "pt"})
     config = hf_config_for(model.config, tokenizer_meta)
-    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if tokenizer_meta is not None:
-        from nanogpt.hf_tokenizer import save_hf_tokenizer
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        save_file(hf_state_dict(model), str(dest / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_meta is not None:
+            from nanogpt.hf_tokenizer import save_hf_tokenizer
 
-        (dest / "nanogpt_tokenizer.json").write_text(
-            json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
-        save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
+            (dest / EXPORTED_TOKENIZER).write_text(
+                json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
+            save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
+    except OSError as e:  # a missing parent, a file in the way, permissions, a full disk
+        raise PretrainedError(f"cannot write the export to {dest}: {e.strerror or e}"
+                              + (f" ({e.filename})" if e.filename else "")) from None
     return dest
 
 
 def export_checkpoint(out_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Export the checkpoint in out_dir (see export_hf); a LoRA run's adapters are merged
-    into its base, giving a plain GPT-2."""
+    """Export the checkpoint in out_dir (checkpoint.model_checkpoint; see export_hf); a LoRA
+    run's adapters are merged into its base, giving a plain GPT-2."""
     from nanogpt.checkpoint import (  # checkpoint loads GPT-2 through this module
-        checkpoint_path,
         load_checkpoint,
+        model_checkpoint,
         model_from_checkpoint,
     )
     from nanogpt.lora import has_adapters, merge_adapters
 
-    ckpt = load_checkpoint(checkpoint_path(out_dir))
+    ckpt = load_checkpoint(model_checkpoint(out_dir))
     model = model_from_checkpoint(ckpt)
     if has_adapters(model):
         merge_adapters(model)

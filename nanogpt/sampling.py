@@ -102,7 +102,7 @@ def validate_sampling(max_new_tokens: int, temperature: float, top_k: int | None
                       top_p: float | None) -> None:
     if max_new_tokens < 0:
         raise SamplingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
+    if not temperature >= 0:  # NaN too
         raise SamplingError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise SamplingError(f"top_k must be >= 1 (or None), got {top_k}")

@@ -4,6 +4,7 @@ file in out_dir changed."""
 import hashlib
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -103,9 +104,14 @@ SAMPLE_CASES = {
     "no checkpoint": (["--out_dir={empty}"], "no checkpoint in"),
     "unknown characters": (["--start=héllo€"], "characters not in the vocabulary: 'é', '€'"),
     "negative max_new_tokens": (["--max_new_tokens=-1"], "max_new_tokens must be >= 0"),
+    "NaN temperature": (["--temperature=nan"], "temperature must be >= 0, got nan"),
+    "fp16 on cpu": (["--dtype=float16", "--device=cpu"],
+                    "dtype 'float16' is not supported for sampling on CPU"),
     "missing prompt file": (["--start=FILE:{empty}/prompt.txt"], "cannot read the prompt file"),
     "bad option": (["--temprature=1"], "unrecognized arguments: --temprature=1"),
     "cuda without cuda": (["--device=cuda"], "CUDA is not available"),
+    "unknown device": (["--device=gpu"], "device must be auto, cpu, cuda, cuda:N or mps; "
+                                         "got 'gpu'"),
 }
 
 
@@ -162,6 +168,35 @@ def test_resume_needs_only_the_out_dir(trained, tmp_path):
     assert ckpt["config"]["max_iters"] == 6
 
 
+def test_resume_flags_are_checked_with_the_runs_settings_not_the_defaults(trained, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    # n_embd=32 with the default n_head=12 would be refused; the run has n_head=2
+    assert train_main(["--init_from=resume", f"--out_dir={out}", "--n_embd=32",
+                       "--max_iters=6"]) == 0
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 6
+
+
+def test_a_run_stopped_before_its_first_ckpt_pt_samples_and_exports_from_last_pt(
+        trained, tmp_path, capsys):
+    """always_save_checkpoint=False and Ctrl-C before the first improving evaluation: the
+    stop wrote last.pt and no ckpt.pt; it is the run's only model."""
+    from nanogpt.cli import export_main
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(trained / "ckpt.pt", stopped / "last.pt")
+    args = ["--num_samples=2", "--max_new_tokens=20", "--seed=3"]
+    assert sample_main(["--out_dir", str(trained), *args]) == 0
+    expected = capsys.readouterr().out
+    assert sample_main(["--out_dir", str(stopped), *args]) == 0
+    assert capsys.readouterr().out == expected
+    pytest.importorskip("safetensors")
+    assert export_main(["--out_dir", str(stopped), "--to", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    assert sorted(p.name for p in stopped.iterdir()) == ["last.pt"]
+
+
 def test_eval_only_does_not_stick_to_later_resumes(trained, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
@@ -176,3 +211,41 @@ def test_prompt_from_a_file(trained, tmp_path, capsys):
     assert sample_main(["--out_dir", str(trained), f"--start=FILE:{prompt}", "--num_samples=1",
                         "--max_new_tokens=5"]) == 0
     assert capsys.readouterr().out.startswith("JULIET:\nO Romeo")
+
+
+def test_a_prompt_file_that_is_not_text_is_one_line(trained, tmp_path, capsys):
+    prompt = tmp_path / "prompt.bin"
+    prompt.write_bytes(b"ROMEO:\xd0\x00\xff")
+    code = sample_main(["--out_dir", str(trained), f"--start=FILE:{prompt}", "--num_samples=1",
+                        "--max_new_tokens=5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"error: the prompt file {str(prompt)!r} given by --start is not UTF-8 text " \
+                  f"(byte 6: invalid continuation byte)\n"
+
+
+def test_sample_piped_into_head_stops_quietly(trained, monkeypatch, capsys):
+    """python sample.py ... | head: the reader closes the pipe; no traceback."""
+    import os
+
+    class ClosedPipe:  # stdout once head has read its fill
+        def __init__(self):
+            self.read_end, self.write_end = os.pipe()
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return self.write_end
+
+    pipe = ClosedPipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    assert sample_main(["--out_dir", str(trained), "--num_samples=1", "--max_new_tokens=50"]) == 141
+    assert capsys.readouterr().err == ""
+    os.write(pipe.write_end, b"x")  # now /dev/null: what Python flushes at exit goes nowhere
+    assert os.read(pipe.read_end, 1) == b""  # the pipe has no writer left
+    os.close(pipe.read_end)
+    os.close(pipe.write_end)

@@ -137,7 +137,8 @@ i = 0
 while True:
     i += 1
     save_checkpoint(path, {"model": {"w": torch.full((2_000_000,), float(i))},
-                           "model_args": {}, "iter_num": i})
+                           "model_args": {}, "iter_num": i,
+                           "tokenizer": {"kind": "char", "chars": ["a"]}})
     print(i, flush=True)
 """
 

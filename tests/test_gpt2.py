@@ -144,6 +144,42 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, bias, gelu):
     assert json.loads((tmp_path / "hf" / "nanogpt_tokenizer.json").read_text())["kind"] == "char"
 
 
+def test_export_to_a_place_that_cannot_be_written_is_one_line(tmp_path):
+    pytest.importorskip("safetensors")
+    from nanogpt.pretrained import export_hf
+
+    (tmp_path / "a_file").write_text("not a directory")
+    with pytest.raises(UserError, match=f"cannot write the export to {tmp_path}/a_file/hf: Not "
+                                        f"a directory"):
+        export_hf(GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8)),
+                  tmp_path / "a_file" / "hf")
+    assert (tmp_path / "a_file").read_text() == "not a directory"
+
+
+def test_sample_py_samples_an_exported_run_with_its_own_tokenizer(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from nanogpt.cli import sample_main
+    from nanogpt.pretrained import export_hf
+    from nanogpt.sampling import generate_text
+    from nanogpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(sorted(set(" :ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=2, n_head=2,
+                          n_embd=16)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    export_hf(model, tmp_path / "hf", tok.to_dict())
+    assert sample_main(["--init_from", str(tmp_path / "hf"), "--start=ROMEO:", "--device=cpu",
+                        "--num_samples=1", "--max_new_tokens=20", "--temperature=0",
+                        "--dtype=float32"]) == 0
+    expected = generate_text(model, tok.encode, tok.decode, "ROMEO:", max_new_tokens=20,
+                             temperature=0, dtype="float32")[0]
+    assert capsys.readouterr().out == "ROMEO:" + expected + "\n---------------\n"
+    assert len(set(expected)) > 1
+
+
 # ---- datasets ----
 
 def decode_bin(directory: Path, split: str) -> str:

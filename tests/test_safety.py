@@ -227,6 +227,49 @@ def test_a_foreign_checkpoint_is_one_line_without_unsafe_advice(tmp_path, conten
     assert err.count("\n") == 1 and "weights_only" not in err and "pickle" not in err.lower()
 
 
+def _checkpoint_of_another_kind(kind: str) -> dict:
+    """A checkpoint torch loads safely that nanogpt's model cannot take."""
+    import dataclasses
+
+    from tests.conftest import tiny_gpt
+
+    model = tiny_gpt()
+    args = dataclasses.asdict(model.config)
+    state = model.state_dict()
+    tokenizer = {"kind": "char", "chars": [chr(65 + i) for i in range(37)]}
+    if kind == "nanoGPT's":  # karpathy/nanoGPT: its model_args, no tokenizer
+        keep = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+        return {"model": state, "model_args": {k: args[k] for k in keep}, "iter_num": 5,
+                "best_val_loss": 3.0, "config": {"dataset": "shakespeare_char"}}
+    if kind == "unknown model setting":  # another version's
+        return {"model": state, "model_args": {**args, "n_kv_head": 1}, "tokenizer": tokenizer}
+    state.pop("transformer.h.1.mlp.c_fc.weight")
+    return {"model": state, "model_args": args, "tokenizer": tokenizer}
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("nanoGPT's", "is damaged, or not a nanogpt checkpoint (it holds no tokenizer)"),
+    ("unknown model setting", "is damaged, or not a nanogpt checkpoint (its model_args are not "
+                              "this nanogpt's: GPTConfig.__init__() got an unexpected keyword "
+                              "argument 'n_kv_head')"),
+    ("missing weight", "the checkpoint's weights do not fit its model_args: Error(s) in "
+                       "loading state_dict for GPT: Missing key(s) in state_dict: "
+                       '"transformer.h.1.mlp.c_fc.weight"'),
+])
+def test_a_checkpoint_of_another_program_or_version_is_one_line(tmp_path, kind, why, capsys):
+    from nanogpt.cli import export_main, sample_main
+
+    import torch
+
+    torch.save(_checkpoint_of_another_kind(kind), tmp_path / "ckpt.pt")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    assert sample_main(["--out_dir", str(tmp_path), "--max_new_tokens=2"]) == 2
+    assert export_main(["--out_dir", str(tmp_path), "--to", str(tmp_path / "hf")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") and why in e for e in errors)
+    assert (tmp_path / "ckpt.pt").read_bytes() == before and not (tmp_path / "hf").exists()
+
+
 def test_resume_from_a_damaged_checkpoint_leaves_it_alone(data_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

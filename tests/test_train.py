@@ -170,7 +170,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tm
 
 def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_args": {}, "iter_num": 1})
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_args": {}, "iter_num": 1,
+                           "tokenizer": {"kind": "char", "chars": ["a"]}})
 
     def crash(*a, **k):
         raise OSError("disk full")
