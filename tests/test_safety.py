@@ -257,9 +257,9 @@ def _checkpoint_of_another_kind(kind: str) -> dict:
                        '"transformer.h.1.mlp.c_fc.weight"'),
 ])
 def test_a_checkpoint_of_another_program_or_version_is_one_line(tmp_path, kind, why, capsys):
-    from nanogpt.cli import export_main, sample_main
-
     import torch
+
+    from nanogpt.cli import export_main, sample_main
 
     torch.save(_checkpoint_of_another_kind(kind), tmp_path / "ckpt.pt")
     before = (tmp_path / "ckpt.pt").read_bytes()
