@@ -256,13 +256,15 @@ def check_source(source: str) -> None:
 
 
 def run_checkpoint(source: str | os.PathLike) -> Path | None:
-    """The nanogpt checkpoint source names (a checkpoint file, or an out_dir holding ckpt.pt);
-    None when source is something else (a GPT-2 name or Hugging Face directory)."""
+    """The nanogpt checkpoint source names (a checkpoint file, or an out_dir holding ckpt.pt,
+    or last.pt while it has no ckpt.pt); None when source is something else (a GPT-2 name or
+    Hugging Face directory)."""
     path = Path(source)
     if path.is_file():
         return path
-    if path.is_dir() and (path / CKPT_NAME).is_file():
-        return path / CKPT_NAME
+    if path.is_dir():
+        return next((path / name for name in (CKPT_NAME, LAST_NAME)
+                     if (path / name).is_file()), None)
     return None
 
 

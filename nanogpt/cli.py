@@ -236,10 +236,12 @@ def _export(argv: list[str]) -> int:
                        "tokenizer's files) that transformers' AutoModelForCausalLM, "
                        "AutoTokenizer and pipeline load.")
     p.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
-    p.add_argument("--to", required=True, help="directory to write")
+    p.add_argument("--to", required=True, help="directory to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files an export writes in a --to that holds files")
     args = p.parse_args(argv)
     from nanogpt.pretrained import export_checkpoint
 
-    dest = export_checkpoint(args.out_dir, args.to)
+    dest = export_checkpoint(args.out_dir, args.to, args.overwrite)
     print(f"wrote {dest}: " + ", ".join(sorted(p.name for p in dest.iterdir())))
     return 0

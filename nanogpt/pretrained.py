@@ -283,12 +283,15 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None = None) -> Path:
+def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None = None,
+              overwrite: bool = False) -> Path:
     """Write model as an HF GPT-2 directory: config.json + model.safetensors.
 
     transformers.GPT2LMHeadModel.from_pretrained(dest) then computes the same logits.
     tokenizer_meta (the checkpoint's) is kept beside them as nanogpt_tokenizer.json, and
-    written as tokenizer files that AutoTokenizer loads (nanogpt.hf_tokenizer).
+    written as tokenizer files that AutoTokenizer loads (nanogpt.hf_tokenizer). dest must be
+    new or empty unless overwrite: its files could be weights nothing else holds (an earlier
+    export, a LoRA run's base).
     """
     try:
         from safetensors.torch import save_file
@@ -299,6 +302,12 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise PretrainedError(f"{dest} exists and is not a directory; pass a directory to --to")
+    held = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
+    if held and not overwrite:
+        raise PretrainedError(f"{dest} already holds files ({', '.join(held[:3])}"
+                              f"{', ...' if len(held) > 3 else ''}); pass a new or empty "
+                              f"directory to --to, or --overwrite to replace what an export "
+                              f"writes there")
     config = hf_config_for(model.config, tokenizer_meta)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -317,7 +326,8 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
     return dest
 
 
-def export_checkpoint(out_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def export_checkpoint(out_dir: str | os.PathLike, dest: str | os.PathLike,
+                      overwrite: bool = False) -> Path:
     """Export the checkpoint in out_dir (checkpoint.model_checkpoint; see export_hf); a LoRA
     run's adapters are merged into its base, giving a plain GPT-2."""
     from nanogpt.checkpoint import (  # checkpoint loads GPT-2 through this module
@@ -331,4 +341,4 @@ def export_checkpoint(out_dir: str | os.PathLike, dest: str | os.PathLike) -> Pa
     model = model_from_checkpoint(ckpt)
     if has_adapters(model):
         merge_adapters(model)
-    return export_hf(model, dest, ckpt.get("tokenizer"))
+    return export_hf(model, dest, ckpt.get("tokenizer"), overwrite)

@@ -197,6 +197,37 @@ def test_a_run_stopped_before_its_first_ckpt_pt_samples_and_exports_from_last_pt
     assert sorted(p.name for p in stopped.iterdir()) == ["last.pt"]
 
 
+def test_init_from_a_run_with_only_last_pt_loads_it(trained, tmp_path):
+    from nanogpt.checkpoint import load_weights
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(trained / "ckpt.pt", stopped / "last.pt")
+    model, tokenizer = load_weights(str(stopped))
+    want = torch.load(trained / "ckpt.pt", weights_only=True)
+    assert tokenizer == want["tokenizer"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, want["model"][name]), name
+
+
+def test_export_keeps_what_a_directory_holds_unless_told_to_overwrite(trained, tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from nanogpt.cli import export_main
+
+    dest = tmp_path / "hf"
+    assert export_main(["--out_dir", str(trained), "--to", str(dest)]) == 0
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    (dest / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert export_main(["--out_dir", str(trained), "--to", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds files" in err and "--overwrite" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == {**before, "notes.txt": b"mine"}
+    (dest / "model.safetensors").write_bytes(b"stale")
+    assert export_main(["--out_dir", str(trained), "--to", str(dest), "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == {**before, "notes.txt": b"mine"}
+
+
 def test_eval_only_does_not_stick_to_later_resumes(trained, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
