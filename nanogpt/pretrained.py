@@ -313,6 +313,9 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
         dest.mkdir(parents=True, exist_ok=True)
         save_file(hf_state_dict(model), str(dest / "model.safetensors"),
                   metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)  # safetensors makes its file 0600: give it the mode of the others
+        (dest / "model.safetensors").chmod(0o666 & ~umask)
         (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if tokenizer_meta is not None:
             from nanogpt.hf_tokenizer import save_hf_tokenizer

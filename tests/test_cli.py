@@ -217,6 +217,8 @@ def test_export_keeps_what_a_directory_holds_unless_told_to_overwrite(trained, t
     dest = tmp_path / "hf"
     assert export_main(["--out_dir", str(trained), "--to", str(dest)]) == 0
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    modes = {p.name: p.stat().st_mode for p in dest.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"]  # as the umask allows, not 0600
     (dest / "notes.txt").write_text("mine")
     capsys.readouterr()
     assert export_main(["--out_dir", str(trained), "--to", str(dest)]) == 2
