@@ -13,8 +13,10 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -173,8 +175,14 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                     or cfg.eval_only:
                 t_eval = time.perf_counter()
                 watch.check(dist, last_good)
+                # one process leaves a signalled evaluation at once (under DDP the ranks
+                # agree at log intervals only, so they finish it)
+                signalled = None if dist.enabled else (lambda: stop.signum is not None)
                 losses = estimate_loss(eval_model, eval_data, cfg.eval_iters, ctx, dist, split,
-                                       token_bytes)
+                                       token_bytes, signalled)
+                if losses is None:  # a signal during the evaluation: save now, not after it
+                    stop_for_signal(state, cfg, stop, dist, jlog, clock_start, watch,
+                                    last_good)
                 log.info("step %d: train loss %.4f, val loss %.4f, val bpb %.4f",
                          state.iter_num, losses["train"], losses["val"], losses["val_bpb"])
                 jlog.write(event="eval", iter=state.iter_num, train_loss=losses["train"],
@@ -244,15 +252,7 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
 
             # stop on Ctrl-C / SIGTERM (under DDP all ranks agree at log intervals)
             if stop_requested(stop, dist, device, at_log):
-                path = checkpoint_path(cfg.out_dir)
-                if not cfg.always_save_checkpoint:  # ckpt.pt is the best model: keep it
-                    path = path.with_name(LAST_NAME)
-                watch.check(dist, last_good)
-                save(state, path, clock_start, dist, jlog, "signal", last_good)
-                signum = stop.signum or signal.SIGTERM
-                raise TrainingStopped(f"stopped by {stop.name()}: checkpoint saved to {path} at "
-                                      f"iter {state.iter_num}; resume with the same command "
-                                      f"plus --init_from=resume", 128 + signum)
+                stop_for_signal(state, cfg, stop, dist, jlog, clock_start, watch, last_good)
     return TrainResult(state.iter_num, state.best_val_loss, cfg.out_dir, losses, state.model)
 
 
@@ -345,7 +345,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eval_iters: int,
                   ctx=contextlib.nullcontext(), dist: DistInfo = DistInfo(),
-                  chunks: int = 1, token_bytes: torch.Tensor | None = None) -> dict[str, float]:
+                  chunks: int = 1, token_bytes: torch.Tensor | None = None,
+                  interrupted: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Mean loss over eval_iters fixed batches per split, shared out among the ranks; with
     token_bytes (bytes of text per token id, on the device) also '<split>_bpb', bits per
     byte: the summed loss of the targets, in bits, over the bytes of text they decode to.
@@ -355,6 +356,8 @@ def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eva
     the global RNG, and every eval sees the same batches, so evals compare like with like.
     Rank r takes batches r, r + world_size, ...: any world size averages the same batches.
     Sums stay on the device until the end of each split: no batch waits for the device.
+    None when interrupted() turns true before a batch (a signal: the run saves without
+    waiting for the rest).
     """
     was_training = model.training
     model.eval()
@@ -363,6 +366,9 @@ def estimate_loss(model: torch.nn.Module, samplers: dict[str, BatchSampler], eva
         total = torch.zeros((), device=sampler.device)
         n_bytes = torch.zeros((), dtype=torch.long, device=sampler.device)
         for k in range(dist.rank, eval_iters, dist.world_size):
+            if interrupted is not None and interrupted():
+                model.train(was_training)
+                return None
             x, y = sampler.get_batch(k)
             for xc, yc, weight in batch_chunks(x, y, chunks):
                 with ctx:
@@ -504,6 +510,25 @@ class TimeBudget:
 def planned(cfg: TrainConfig, max_iters: int) -> TrainConfig:
     """cfg with the planned length (the schedule decays to it)."""
     return dataclasses.replace(cfg, max_iters=max_iters)
+
+
+def stop_for_signal(state: TrainState, cfg: TrainConfig, stop: GracefulStop, dist: DistInfo,
+                    jlog: RunLog, clock_start: float, watch: DivergenceWatch,
+                    last_good: str) -> NoReturn:
+    """Save the run where it stands (last.pt where ckpt.pt holds the best model; nothing for
+    eval_only) and end it with TrainingStopped, exit code 128 + the signal."""
+    code = 128 + (stop.signum or signal.SIGTERM)
+    if cfg.eval_only:
+        raise TrainingStopped(f"stopped by {stop.name()} during the evaluation; eval_only "
+                              f"saves nothing", code)
+    path = checkpoint_path(cfg.out_dir)
+    if not cfg.always_save_checkpoint:  # ckpt.pt is the best model: keep it
+        path = path.with_name(LAST_NAME)
+    watch.check(dist, last_good)
+    save(state, path, clock_start, dist, jlog, "signal", last_good)
+    raise TrainingStopped(f"stopped by {stop.name()}: checkpoint saved to {path} at iter "
+                          f"{state.iter_num}; resume with the same command plus "
+                          f"--init_from=resume", code)
 
 
 def stop_requested(stop: GracefulStop, dist: DistInfo, device: str, agree: bool) -> bool:

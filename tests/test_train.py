@@ -257,6 +257,67 @@ def test_sigterm_saves_without_replacing_the_best_checkpoint(data_dir, tmp_path,
     assert resumes == [{"event": "resume", "iter": 13, "checkpoint": str(out / stopped)}]
 
 
+def test_sigterm_during_an_evaluation_saves_at_once_and_resumes_exactly(data_dir, tmp_path,
+                                                                        monkeypatch):
+    """A signal mid-evaluation does not wait for the rest of it (a scheduler's grace period
+    can be shorter than a CPU evaluation): the run saves where it stands, and the resume
+    evaluates that step again, as the straight run did."""
+    common = dict(max_iters=20, eval_interval=10, eval_iters=6)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(parse_args(tiny_args(data_dir, straight, **common)))
+    evals = {"n": 0, "after_signal": 0}
+    real_forward = GPT.forward
+
+    def forward(self, idx, targets=None, **kw):
+        if not self.training:
+            evals["n"] += 1
+            if evals["n"] == 2 * 6 + 3:  # the third batch of the evaluation at iter 10
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif evals["n"] > 2 * 6 + 3:
+                evals["after_signal"] += 1
+        return real_forward(self, idx, targets, **kw)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    with pytest.raises(TrainingStopped, match="at iter 10;") as e:
+        train(parse_args(tiny_args(data_dir, stopped, **common)))
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    assert evals["after_signal"] == 0  # not one more evaluation batch
+    assert load_checkpoint(stopped / "ckpt.pt")["iter_num"] == 10
+    assert [r["iter"] for r in read_log(stopped, "eval")] == [0]  # the cut one is not logged
+    monkeypatch.undo()
+    train(parse_args(tiny_args(data_dir, stopped, **common, init_from="resume")))
+    for what in ("train", "eval"):
+        want = [{k: v for k, v in r.items() if k not in ("ms", "tok_per_s", "time", "elapsed")}
+                for r in read_log(straight, what)]
+        got = [{k: v for k, v in r.items() if k not in ("ms", "tok_per_s", "time", "elapsed")}
+               for r in read_log(stopped, what)]
+        assert got == want, what
+    a, b = load_checkpoint(straight / "ckpt.pt"), load_checkpoint(stopped / "ckpt.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_eval_only_stopped_mid_evaluation_saves_nothing(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=10)))
+    before = (out / "ckpt.pt").read_bytes()
+    monkeypatch.setattr(GPT, "forward", _signal_at_first_eval_forward(GPT.forward))
+    with pytest.raises(TrainingStopped, match="eval_only saves nothing") as e:
+        train(parse_args(tiny_args(data_dir, out, init_from="resume", eval_only=True,
+                                   eval_iters=4)))
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    assert (out / "ckpt.pt").read_bytes() == before
+
+
+def _signal_at_first_eval_forward(real_forward):
+    def forward(self, idx, targets=None, **kw):
+        if not self.training and not getattr(forward, "sent", False):
+            forward.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_forward(self, idx, targets, **kw)
+    return forward
+
+
 def test_second_ctrl_c_aborts_at_once(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
 
