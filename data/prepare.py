@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from nanogpt.cli import OneLineParser
-from nanogpt.errors import UserError, debug_requested, run_guarded
+from nanogpt.errors import UserError, debug_requested, os_reason, run_guarded
 from nanogpt.prepare import BPE_TRAIN_CHARS, DEFAULT_BPE_VOCAB, TOKENIZERS, prepare_text
 
 
@@ -43,8 +43,7 @@ def _prepare(argv: list[str]) -> int:
         meta = prepare_text(args.input, args.out, args.tokenizer, args.val_fraction,
                             args.vocab_size, args.bpe_train_chars)
     except OSError as e:  # unreadable input, a full disk, no permission to write --out
-        raise UserError(f"cannot prepare {args.out}: {e.strerror or e}"
-                        + (f" ({e.filename})" if e.filename else "")) from None
+        raise UserError(f"cannot prepare {args.out}: {os_reason(e)}") from None
     asked = args.vocab_size or DEFAULT_BPE_VOCAB
     fewer = (f" (not {asked}: the text repeats too few pairs for more merges)"
              if args.tokenizer == "bpe" and meta["vocab_size"] < asked else "")

@@ -163,12 +163,18 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CKPT_NAME
 
 
+def _model_file(out_dir: str | os.PathLike) -> Path | None:
+    """ckpt.pt (the best-val model where always_save_checkpoint=False), or last.pt when the
+    run stopped before it wrote one; None when out_dir holds neither."""
+    return next((p for p in (Path(out_dir) / CKPT_NAME, Path(out_dir) / LAST_NAME)
+                 if p.is_file()), None)
+
+
 def model_checkpoint(out_dir: str | os.PathLike) -> Path:
-    """The checkpoint to sample or export: ckpt.pt (the best-val model where
-    always_save_checkpoint=False), or last.pt when the run stopped before it wrote one."""
-    for path in (Path(out_dir) / CKPT_NAME, Path(out_dir) / LAST_NAME):
-        if path.is_file():
-            return path
+    """The checkpoint to sample or export (_model_file), or a CheckpointError."""
+    path = _model_file(out_dir)
+    if path is not None:
+        return path
     raise CheckpointError(f"no checkpoint in {out_dir} (expected {checkpoint_path(out_dir)}); "
                           f"train first or pass the out_dir you trained into")
 
@@ -262,10 +268,7 @@ def run_checkpoint(source: str | os.PathLike) -> Path | None:
     path = Path(source)
     if path.is_file():
         return path
-    if path.is_dir():
-        return next((path / name for name in (CKPT_NAME, LAST_NAME)
-                     if (path / name).is_file()), None)
-    return None
+    return _model_file(path) if path.is_dir() else None
 
 
 def load_weights(source: str, **runtime) -> tuple[GPT, dict | None]:

@@ -15,6 +15,11 @@ from collections.abc import Callable
 EXIT_USER_ERROR = 2
 
 
+def os_reason(e: OSError) -> str:
+    """An OSError as a user reads it: 'No space left on device (path)'."""
+    return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+
+
 class UserError(Exception):
     """Something the user can fix (a bad option, a missing file); the message says how."""
 

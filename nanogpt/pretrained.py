@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, os_reason
 from nanogpt.model import GPT, GPTConfig, LayerNorm
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -324,8 +324,7 @@ def export_hf(model: GPT, dest: str | os.PathLike, tokenizer_meta: dict | None =
                 json.dumps(tokenizer_meta, ensure_ascii=False), encoding="utf-8")
             save_hf_tokenizer(tokenizer_meta, dest, model.config.block_size)
     except OSError as e:  # a missing parent, a file in the way, permissions, a full disk
-        raise PretrainedError(f"cannot write the export to {dest}: {e.strerror or e}"
-                              + (f" ({e.filename})" if e.filename else "")) from None
+        raise PretrainedError(f"cannot write the export to {dest}: {os_reason(e)}") from None
     return dest
 
 
