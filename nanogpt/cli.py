@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from nanogpt.errors import TrainingStopped, UserError, debug_requested, run_guarded
 
@@ -244,4 +245,29 @@ def _export(argv: list[str]) -> int:
 
     dest = export_checkpoint(args.out_dir, args.to, args.overwrite)
     print(f"wrote {dest}: " + ", ".join(sorted(p.name for p in dest.iterdir())))
+    return 0
+
+
+# ---- data/shakespeare*/prepare.py ----
+
+def prepare_known_main(here: Path, argv: list[str] | None = None) -> int:
+    """data/<name>/prepare.py: prepare the known dataset <name> (Tiny Shakespeare by
+    characters or by GPT-2 BPE) in its own directory here."""
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    return run_guarded(lambda: _prepare_known(here, argv), debug)
+
+
+def _prepare_known(here: Path, argv: list[str]) -> int:
+    from nanogpt.data import PREPARERS
+    from nanogpt.errors import os_reason
+
+    if argv:
+        raise UserError(f"prepare.py takes no arguments (got {' '.join(argv)}); for your own "
+                        f"text: python data/prepare.py --input FILE --out DIR")
+    try:
+        meta = PREPARERS[here.name](here)
+    except OSError as e:  # no permission to write here, a full disk
+        raise UserError(f"cannot prepare {here}: {os_reason(e)}") from None
+    print(f"{here.name}: vocab size {meta['vocab_size']}, {meta['train_tokens']:,} train "
+          f"tokens, {meta['val_tokens']:,} val tokens in {here}")
     return 0

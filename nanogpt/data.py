@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from nanogpt.download import TINY_SHAKESPEARE, known_file
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, os_reason
 from nanogpt.fileio import atomic_write
 from nanogpt.randomness import mix_seed
+from nanogpt.textfiles import read_text
 from nanogpt.tokenizer import (  # noqa: F401 - re-exported: nanogpt.data.CharTokenizer
     BPETokenizer,
     CharTokenizer,
@@ -140,7 +141,7 @@ def _shakespeare_text(data_dir: Path) -> str:
     src = data_dir / "input.txt"
     if not src.exists():
         src = known_file(TINY_SHAKESPEARE, dest=src)
-    return src.read_text(encoding="utf-8")
+    return read_text(src)
 
 
 def prepare_shakespeare_char(data_dir: str | os.PathLike) -> dict:
@@ -168,7 +169,10 @@ def ensure_dataset(data_dir: str | os.PathLike, dataset: str) -> Path:
     if all((path / f).exists() for f in DATASET_FILES):
         return path
     if dataset in PREPARERS:
-        PREPARERS[dataset](path)
+        try:
+            PREPARERS[dataset](path)
+        except OSError as e:  # no permission to write there, a full disk, a file in the way
+            raise UserError(f"cannot prepare {path}: {os_reason(e)}") from None
         return path
     missing = [f for f in DATASET_FILES if not (path / f).exists()]
     raise UserError(f"dataset {dataset!r} is not prepared: {', '.join(missing)} missing in "

@@ -72,6 +72,11 @@ def read_pieces(path: Path) -> Iterator[tuple[str, int]]:
             carry = text[cut:]
 
 
+def read_text(path: Path) -> str:
+    """path's whole UTF-8 text; UserError naming the first invalid byte, as read_pieces."""
+    return "".join(text for text, _ in read_pieces(path))
+
+
 def split_text(text: str, size: int) -> Iterator[str]:
     """text in pieces of at most about size characters, cut as read_pieces cuts."""
     start = 0

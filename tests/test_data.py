@@ -1,5 +1,7 @@
+import errno
 import io
 import json
+import os
 import urllib.error
 
 import numpy as np
@@ -100,6 +102,39 @@ def test_a_download_with_the_wrong_content_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not the expected file"):
         download.known_file(download.TINY_SHAKESPEARE, dest)
     assert not dest.exists() and not list(dest.parent.iterdir())
+
+
+def test_a_known_dataset_that_cannot_be_prepared_is_one_line(tmp_path, monkeypatch):
+    """train.py prepares shakespeare_char itself: a user's input.txt that is not UTF-8, or a
+    disk that refuses the write, is a one-line UserError, not a traceback."""
+    ds = tmp_path / "shakespeare_char"
+    ds.mkdir()
+    (ds / "input.txt").write_bytes("caf\u00e9\n".encode("latin-1") * 3)
+    with pytest.raises(UserError, match=r"input.txt is not UTF-8 text \(byte 0xe9 at offset 3"):
+        data.ensure_dataset(tmp_path, "shakespeare_char")
+    (ds / "input.txt").unlink()
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(data, "atomic_write", full_disk)
+    with pytest.raises(UserError, match="cannot prepare .*: No space left on device") as e:
+        data.ensure_dataset(tmp_path, "shakespeare_char")
+    assert "\n" not in str(e.value)
+
+
+def test_the_shakespeare_prepare_script_prepares_and_refuses_arguments(tmp_path, capsys):
+    from nanogpt.cli import prepare_known_main
+
+    ds = tmp_path / "shakespeare_char"
+    assert prepare_known_main(ds, ["--out", "elsewhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: prepare.py takes no arguments") and err.count("\n") == 1
+    assert not ds.exists()
+    assert prepare_known_main(ds, []) == 0
+    assert "vocab size 65, 1,003,854 train tokens" in capsys.readouterr().out
+    assert data.load_meta(ds)["vocab_size"] == 65
+    assert {p.name for p in ds.iterdir()} >= set(data.DATASET_FILES)
 
 
 def test_unknown_unprepared_dataset_names_the_command(tmp_path):

@@ -66,6 +66,19 @@ def test_prepare_script_errors_are_one_line_and_exit_2(tmp_path):
     assert (tmp_path / "in.txt").read_text(encoding="utf-8") == "hello world\n" * 10
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--num_proc", "0"], "--num_proc must be at least 1 (got 0)"),
+    (["--val_fraction", "1.5"], "--val_fraction must be between 0 and 1 (got 1.5)"),
+    (["--num_procs", "4"], "unrecognized arguments: --num_procs 4"),
+])
+def test_openwebtext_prepare_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    result = run_script("data/openwebtext/prepare.py", ["--out", str(tmp_path / "owt"), *args])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"error: {message}" + ("" if "unrecognized" not in message else
+                                                   " (see prepare.py --help)") + "\n"
+    assert not (tmp_path / "owt").exists()
+
+
 def test_prepare_script_says_what_it_took_that_was_not_asked(tmp_path):
     """An input.txt already in --out stands for the URL (the download error's advice), and
     a short text gives a smaller BPE than asked: both are said, not silent."""
