@@ -34,7 +34,7 @@ from nanogpt.lora import (
     weights_sha256,
 )
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pretrained import GPT2_NAMES, from_pretrained
+from nanogpt.pretrained import GPT2_NAMES, exported_tokenizer, from_pretrained
 from nanogpt.randomness import get_rng_state, set_rng_state
 from nanogpt.tokenizer import tokenizer_from_dict
 
@@ -273,12 +273,13 @@ def run_checkpoint(source: str | os.PathLike) -> Path | None:
 
 def load_weights(source: str, **runtime) -> tuple[GPT, dict | None]:
     """(model, tokenizer dict) from source: a nanogpt checkpoint (a file or an out_dir; a
-    LoRA run's adapters merged in) with its tokenizer, or GPT-2 weights (a name or a Hugging
-    Face directory) with None, meaning GPT-2's BPE. runtime: model.RUNTIME_FIELDS."""
+    LoRA run's adapters merged in) with its tokenizer, or GPT-2-format weights (a name or a
+    Hugging Face directory) with the tokenizer a nanogpt export kept beside them, else None,
+    meaning GPT-2's BPE. runtime: model.RUNTIME_FIELDS."""
     check_source(source)
     path = run_checkpoint(source)
     if path is None:
-        return from_pretrained(source, **runtime), None
+        return from_pretrained(source, **runtime), exported_tokenizer(source)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, **runtime)
     return (merge_adapters(model) if has_adapters(model) else model), ckpt["tokenizer"]

@@ -56,6 +56,7 @@ from nanogpt.flops import peak_flops, training_flops_per_token
 from nanogpt.lora import add_adapters, parse_targets
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
+from nanogpt.pretrained import EXPORTED_TOKENIZER, exported_tokenizer
 from nanogpt.randomness import mix_seed, seed_everything
 from nanogpt.rundir import RunLock, RunLog, remove_stale_files, save_run_config
 from nanogpt.signals import GracefulStop
@@ -573,12 +574,8 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
         if start is not None and start.resolve().parent == Path(cfg.out_dir).resolve():
             raise UserError(f"init_from={cfg.init_from} is this run's own out_dir; use "
                             f"--init_from=resume to continue it")
-        if cfg.init_from != "scratch" and start is None and meta["tokenizer"]["kind"] != "gpt2":
-            raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 "
-                            f"BPE, but {data.dir} uses the {meta['tokenizer']['kind']!r} "
-                            f"tokenizer; run python data/prepare.py --input YOUR_TEXT "
-                            f"--tokenizer gpt2 --out {Path(cfg.data_dir) / 'NAME'} and pass "
-                            f"--dataset NAME")
+        if cfg.init_from != "scratch" and start is None:
+            check_pretrained_tokenizer(cfg, data)
         return None, None
     if existing is None:
         raise UserError(f"init_from=resume but there is no checkpoint at "
@@ -600,6 +597,23 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
                         + ", ".join(diff) + "; use the checkpoint's values")
     check_finetune_matches(cfg, ckpt.get("lora"))
     return ckpt, existing
+
+
+def check_pretrained_tokenizer(cfg: TrainConfig, data: Dataset) -> None:
+    """UserError unless the dataset's tokens are those of the weights in cfg.init_from (a
+    GPT-2 name or a Hugging Face directory): GPT-2's BPE, or the tokenizer a nanogpt export
+    kept beside them. Checked before anything loads."""
+    tokenizer, kind = exported_tokenizer(cfg.init_from), data.meta["tokenizer"]["kind"]
+    if tokenizer is None and kind != "gpt2":
+        raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 "
+                        f"BPE, but {data.dir} uses the {kind!r} tokenizer; run python "
+                        f"data/prepare.py --input YOUR_TEXT --tokenizer gpt2 --out "
+                        f"{Path(cfg.data_dir) / 'NAME'} and pass --dataset NAME")
+    if tokenizer is not None and tokenizer != data.meta["tokenizer"]:
+        raise UserError(f"cannot start from {cfg.init_from}: its {EXPORTED_TOKENIZER} is "
+                        f"another tokenizer or vocabulary than dataset {cfg.dataset!r}'s "
+                        f"({tokenizer.get('kind')!r}, {data.dir} has {kind!r}); pass the "
+                        f"--dataset it was trained on")
 
 
 def check_finetune_matches(cfg: TrainConfig, lora: dict | None) -> None:

@@ -6,6 +6,7 @@ GPT-2's BPE files ship in nanogpt/assets, so tiktoken needs no download.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -282,6 +283,45 @@ def test_init_from_gpt2_needs_a_gpt2_dataset(tmp_path, data_dir):
     cfg = parse_args(tiny_args(data_dir, tmp_path / "out", init_from="gpt2"))
     with pytest.raises(UserError, match="tokenized with GPT-2 BPE.*--tokenizer gpt2"):
         read_start_checkpoint(cfg, open_dataset(data_dir, "shakespeare_char"))
+
+
+def test_init_from_an_exported_char_model_finetunes_on_its_own_tokens(tmp_path, data_dir):
+    """An export of a character-level run carries its tokenizer (nanogpt_tokenizer.json):
+    train.py --init_from=THAT_DIR starts from its weights on a dataset of the same characters
+    and refuses one of other characters, before loading anything."""
+    pytest.importorskip("safetensors")
+    from nanogpt.checkpoint import save_checkpoint
+    from nanogpt.config import parse_args
+    from nanogpt.data import load_meta, open_dataset, prepare_shakespeare_char
+    from nanogpt.pretrained import export_checkpoint
+    from nanogpt.trainer import read_start_checkpoint, start_model
+
+    meta = load_meta(data_dir / "shakespeare_char")
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, vocab_size=meta["vocab_size"], n_layer=2, n_head=2,
+                       n_embd=32, bias=True)
+    source = GPT(config)
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run" / "ckpt.pt", {
+        "model": source.state_dict(), "tokenizer": meta["tokenizer"],
+        "model_args": dataclasses.asdict(config)})
+    hf_dir = export_checkpoint(tmp_path / "run", tmp_path / "hf")
+
+    cfg = parse_args(tiny_args(data_dir, tmp_path / "out", init_from=str(hf_dir)))
+    data = open_dataset(data_dir, "shakespeare_char")
+    assert read_start_checkpoint(cfg, data) == (None, None)
+    model = start_model(str(hf_dir), cfg, data)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    other = tmp_path / "data" / "shakespeare_char"  # the same name, other characters
+    other.mkdir(parents=True)
+    (other / "input.txt").write_text("to be or not to be\n" * 200, encoding="utf-8")
+    prepare_shakespeare_char(other)
+    cfg = parse_args(tiny_args(tmp_path / "data", tmp_path / "out", init_from=str(hf_dir)))
+    with pytest.raises(UserError, match="nanogpt_tokenizer.json is another tokenizer or "
+                                        "vocabulary than dataset 'shakespeare_char'"):
+        read_start_checkpoint(cfg, open_dataset(tmp_path / "data", "shakespeare_char"))
 
 
 @pytest.fixture
