@@ -138,10 +138,10 @@ def _onednn_check(dtype: torch.dtype, fused: bool) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     gen = torch.Generator().manual_seed(0)
-    linear = nn.Linear(64, 48, device="meta").to_empty(device="cpu").to(dtype)
-    with torch.no_grad():  # filled from gen: the global RNG stays where it is
-        for t in (linear.weight, linear.bias):
-            t.copy_(torch.randn(t.shape, generator=gen))
+    linear = nn.Linear(64, 48, device="meta")  # filled from gen: the global RNG stays put
+    for name in ("weight", "bias"):
+        shape = getattr(linear, name).shape
+        setattr(linear, name, nn.Parameter(torch.randn(shape, generator=gen).to(dtype), False))
     x = torch.randn(3, 2, 64, generator=gen).to(dtype)
     residual = torch.randn(3, 2, 48, generator=gen).to(dtype)
     op, b = torch.ops.mkldnn._linear_pointwise, linear.bias

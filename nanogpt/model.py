@@ -319,13 +319,21 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding; under torch.device("meta") (GPT.empty) without its default random
+    init, which on the meta device imports torch._dynamo (about 1 s of a start-up)."""
+    if torch.empty(0).is_meta:
+        return nn.Embedding.from_pretrained(torch.empty(num, dim), freeze=False)
+    return nn.Embedding(num, dim)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd)))
+        self.transformer = nn.ModuleDict(dict(wte=_embedding(config.vocab_size, config.n_embd)))
         if config.positions == "learned":
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+            self.transformer.wpe = _embedding(config.block_size, config.n_embd)
         self.transformer.drop = Dropout(config.dropout, config.fast_dropout)
         self.transformer.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.transformer.ln_f = make_norm(config)
@@ -339,6 +347,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
+        if self.lm_head.weight.is_meta:  # GPT.empty: weights are loaded next, none drawn
+            return
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled down so the residual stream does not grow with
         # depth; zero_init: they start at zero, so each block starts as the identity
@@ -358,8 +368,13 @@ class GPT(nn.Module):
         must then be loaded: load_state_dict (strict) checks that."""
         with torch.device("meta"):
             model = cls(config)
-        model.to_empty(device=device)
-        if config.tie_embeddings:  # to_empty gives each module its own tensor: tie again
+        for module in model.modules():  # what to_empty does, without its 0.4 s import of sympy
+            for name, t in [*module.named_parameters(recurse=False),
+                            *module.named_buffers(recurse=False)]:
+                empty = torch.empty(t.shape, dtype=t.dtype, device=device)
+                setattr(module, name, nn.Parameter(empty, t.requires_grad)
+                        if isinstance(t, nn.Parameter) else empty)
+        if config.tie_embeddings:  # each module got its own tensor above: tie them again
             model.transformer.wte.weight = model.lm_head.weight
         if config.positions == "rope":  # computed, never saved: compute them again
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)

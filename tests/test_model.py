@@ -127,8 +127,37 @@ def test_an_empty_gpt_loaded_with_weights_is_the_model_they_came_from(arch):
         model.config.tie_embeddings
     assert sum(p.numel() for p in empty.parameters()) == \
         sum(p.numel() for p in model.parameters())
+    assert all(p.requires_grad and p.device.type == "cpu" for p in empty.parameters())
     for name, buffer in model.named_buffers():
         assert torch.equal(dict(empty.named_buffers())[name], buffer), name
     idx = torch.randint(0, model.config.vocab_size, (2, 8))
     with torch.no_grad():
         assert torch.equal(empty(idx, idx)[0], model(idx, idx)[0])
+
+
+def test_loading_and_preparing_a_model_for_sampling_imports_no_compiler(tmp_path):
+    """sample.py's start: a checkpoint loaded into GPT.empty, then packed for decoding. A
+    random init of a meta tensor imports torch._dynamo, and to_empty imports sympy: 1.4 s
+    of sample.py's 3 s start on a 2-core CPU, for nothing that runs."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from nanogpt.checkpoint import save_checkpoint
+    from nanogpt.tokenizer import CharTokenizer
+
+    model = tiny_gpt()
+    tok = CharTokenizer.from_text("".join(chr(65 + i) for i in range(model.config.vocab_size)))
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": model.state_dict(), "tokenizer":
+                                           tok.to_dict(),
+                                           "model_args": dataclasses.asdict(model.config)})
+    code = ("import sys\n"
+            "from nanogpt.checkpoint import load_model\n"
+            "from nanogpt.inference import for_decoding\n"
+            f"model, _ = load_model({str(tmp_path)!r})\n"
+            "for dtype in ('float32', 'auto'): for_decoding(model, dtype)\n"
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
