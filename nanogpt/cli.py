@@ -230,7 +230,7 @@ def export_main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: _export(argv), debug)
 
 
-def _export(argv: list[str]) -> int:
+def export_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="export.py", description="Export a nanogpt checkpoint as a Hugging "
                        "Face GPT-2 directory (config.json, model.safetensors and the "
                        "tokenizer's files) that transformers' AutoModelForCausalLM, "
@@ -239,7 +239,11 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--to", required=True, help="directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files an export writes in a --to that holds files")
-    args = p.parse_args(argv)
+    return p
+
+
+def _export(argv: list[str]) -> int:
+    args = export_parser().parse_args(argv)
     from nanogpt.pretrained import export_checkpoint
 
     dest = export_checkpoint(args.out_dir, args.to, args.overwrite)
