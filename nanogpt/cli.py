@@ -129,9 +129,9 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="precision of the weights, activations and KV cache while "
-                        "decoding; auto: bf16 where the device has bf16 units (samples differ "
-                        "from float32 ones), else float32")
+                   help="precision of the weights and activations while decoding (on a "
+                        "CPU the KV cache stays float32); auto: bf16 where the device has "
+                        "bf16 units (samples differ from float32 ones), else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,
                    help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
