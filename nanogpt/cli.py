@@ -130,9 +130,9 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="precision of the weights, activations and KV cache while "
-                        "decoding; auto: bf16 where the device has bf16 units (samples differ "
-                        "from float32 ones), else float32")
+                   help="precision of the weights and activations while decoding (on a "
+                        "CPU the KV cache stays float32); auto: bf16 where the device has "
+                        "bf16 units (samples differ from float32 ones), else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,
                    help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
@@ -231,7 +231,7 @@ def export_main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: _export(argv), debug)
 
 
-def _export(argv: list[str]) -> int:
+def export_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="export.py", description="Export a nanogpt checkpoint as a Hugging "
                        "Face GPT-2 directory (config.json, model.safetensors and the "
                        "tokenizer's files) that transformers' AutoModelForCausalLM, "
@@ -240,7 +240,11 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--to", required=True, help="directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files an export writes in a --to that holds files")
-    args = p.parse_args(argv)
+    return p
+
+
+def _export(argv: list[str]) -> int:
+    args = export_parser().parse_args(argv)
     from nanogpt.pretrained import export_checkpoint
 
     dest = export_checkpoint(args.out_dir, args.to, args.overwrite)

@@ -9,7 +9,6 @@ not, so runs with different tokenizers share one picture.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -76,16 +75,18 @@ def plot_runs(logs: list[str | Path], out: str | Path, title: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanogpt.plot", description=__doc__.split("\n")[0])
+    from nanogpt.cli import OneLineParser
+
+    p = OneLineParser(prog="python -m nanogpt.plot", description=__doc__.split("\n")[0])
     p.add_argument("logs", nargs="+", help="log.jsonl files (one curve each)")
     p.add_argument("-o", "--out", default="loss.png", help="output PNG")
     p.add_argument("--title", default=None)
     p.add_argument("--target", type=float, default=None, help="draw a horizontal target line")
     p.add_argument("--metric", choices=tuple(METRICS), default="loss",
                    help="loss (per token) or bpb (bits per byte: compares tokenizers)")
-    args = p.parse_args(argv)
 
     def body() -> int:
+        args = p.parse_args(argv)  # a mistake is one line too
         for log in args.logs:
             if not Path(log).is_file():
                 raise UserError(f"no log file at {log}")

@@ -65,12 +65,14 @@ def check_name_or_path(name_or_path: str | os.PathLike) -> None:
 
 
 def _download(name: str) -> Path:
-    try:
+    try:  # the Hub's weights are safetensors: check before a download of up to 6 GB
+        import safetensors  # noqa: F401
         from huggingface_hub import snapshot_download
-    except ImportError:
-        raise PretrainedError(f"downloading {name} needs transformers: pip install "
-                              f"'nanogpt[hf]' (or pass a local directory holding config.json "
-                              f"and model.safetensors)") from None
+    except ImportError as e:
+        missing = e.name or "huggingface_hub"
+        raise PretrainedError(f"downloading {name} needs {missing}: pip install {missing} (or "
+                              f"pip install 'nanogpt[hf]'), or pass a local directory holding "
+                              f"config.json and model.safetensors") from None
     repo = f"{HUB_ORG}/{name}"
     try:
         return Path(snapshot_download(repo_id=repo,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,18 @@ def test_unknown_names_and_empty_directories_fail_clearly(tmp_path):
         GPT.from_pretrained("gpt3")
     with pytest.raises(UserError, match="no config.json"):
         GPT.from_pretrained(str(tmp_path))
+
+
+def test_a_gpt2_name_without_safetensors_fails_before_downloading(monkeypatch):
+    """The Hub's GPT-2 weights are safetensors: without the library a download (6 GB for
+    gpt2-xl) would only end in 'reading model.safetensors needs safetensors'."""
+    hub = pytest.importorskip("huggingface_hub")
+    downloads = []
+    monkeypatch.setattr(hub, "snapshot_download", lambda **kw: downloads.append(kw))
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed
+    with pytest.raises(UserError, match=r"downloading gpt2 needs safetensors.*\[hf\]"):
+        GPT.from_pretrained("gpt2")
+    assert downloads == []
 
 
 # ---- exporting ----

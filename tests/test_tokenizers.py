@@ -254,6 +254,14 @@ def test_plot_draws_bits_per_byte(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_argument_mistakes_are_one_line(tmp_path, capsys):
+    from nanogpt import plot
+
+    assert plot.main([str(tmp_path / "log.jsonl"), "--metrc", "bpb"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unrecognized arguments: --metrc bpb (see python -m nanogpt.plot --help)\n"
+
+
 # ---- exported tokenizers in transformers ----
 
 def _export_random_model(tmp_path, tokenizer_meta: dict, vocab_size: int):
