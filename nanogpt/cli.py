@@ -106,6 +106,13 @@ def process_start_time() -> float:
 # ---- sample ----
 
 class OneLineParser(argparse.ArgumentParser):
+    """argparse for the entry points: a mistake is one line, and a flag is spelled in full
+    (as train.py's --key=value are: an abbreviation would change meaning when a flag that
+    shares its prefix is added)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line instead of usage + message
         raise UserError(f"{message} (see {self.prog} --help)")
 

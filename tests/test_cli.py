@@ -109,6 +109,7 @@ SAMPLE_CASES = {
                     "dtype 'float16' is not supported for sampling on CPU"),
     "missing prompt file": (["--start=FILE:{empty}/prompt.txt"], "cannot read the prompt file"),
     "bad option": (["--temprature=1"], "unrecognized arguments: --temprature=1"),
+    "abbreviated option": (["--num_sample=2"], "unrecognized arguments: --num_sample=2"),
     "cuda without cuda": (["--device=cuda"], "CUDA is not available"),
     "unknown device": (["--device=gpu"], "device must be auto, cpu, cuda, cuda:N or mps; "
                                          "got 'gpu'"),
