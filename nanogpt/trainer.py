@@ -599,6 +599,12 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
         raise UserError("cannot resume: the model shape differs from the checkpoint: "
                         + ", ".join(diff) + "; use the checkpoint's values")
     check_finetune_matches(cfg, ckpt.get("lora"))
+    saved_optimizer = (ckpt.get("config") or {}).get("optimizer", cfg.optimizer)
+    if saved_optimizer != cfg.optimizer:
+        raise UserError(f"cannot resume: the checkpoint was trained with optimizer="
+                        f"{saved_optimizer!r}, not {cfg.optimizer!r}; resume with "
+                        f"--optimizer={saved_optimizer}, or start a new run from its weights "
+                        f"with --init_from={cfg.out_dir} and another --out_dir")
     return ckpt, existing
 
 
