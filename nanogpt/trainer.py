@@ -140,16 +140,16 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                         batch_split=split, sample_tokens=n_sample,
                         params=state.model.get_num_params(),
                         trainable_params=_trainable(state.model))
-        if dist.is_master:
-            remove_stale_files(cfg.out_dir)
-            if cfg.init_from != "resume":  # an older run's; --overwrite was given
-                (Path(cfg.out_dir) / LAST_NAME).unlink(missing_ok=True)
-            save_run_config(cfg.out_dir, cfg.to_dict())
         wandb = None
         if cfg.wandb_log and dist.is_master:  # every record of log.jsonl goes there too
             name = cfg.wandb_run_name or Path(cfg.out_dir).resolve().name
             wandb = run.enter_context(WandbLog(cfg.wandb_project, name,
                                                {**cfg.to_dict(), "resolved": resolved}))
+        if dist.is_master:  # out_dir changes from here on
+            remove_stale_files(cfg.out_dir)
+            if cfg.init_from != "resume":  # an older run's; --overwrite was given
+                (Path(cfg.out_dir) / LAST_NAME).unlink(missing_ok=True)
+            save_run_config(cfg.out_dir, cfg.to_dict())
         jlog = RunLog(cfg.out_dir if dist.is_master else None, append=cfg.init_from == "resume",
                       mirror=wandb)
         _log_start(cfg, state, resolved, dist, resumed_from, jlog)
