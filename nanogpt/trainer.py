@@ -53,7 +53,7 @@ from nanogpt.distributed import (
 )
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.flops import peak_flops, training_flops_per_token
-from nanogpt.lora import add_adapters, parse_targets
+from nanogpt.lora import add_adapters, max_rank, parse_targets
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
 from nanogpt.randomness import mix_seed, seed_everything
@@ -640,6 +640,12 @@ def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
         model = GPT(cfg.model_config(data.meta["vocab_size"]))
     if ckpt is None and cfg.finetune == "lora":  # freeze the model, train adapters on it
         targets = parse_targets(cfg.lora_targets)
+        if cfg.lora_rank > max_rank(model, targets):
+            raise UserError(f"lora_rank ({cfg.lora_rank}) is more than {max_rank(model, targets)}"
+                            f", the smallest width of the layers it adapts in "
+                            f"{cfg.init_from}: a higher rank adds parameters, not capacity; "
+                            f"use --lora_rank={max_rank(model, targets)} or less (a small "
+                            f"fraction of it is usual)")
         lora = lora_settings(model, pretrained, cfg.lora_rank, cfg.lora_alpha, targets)
         add_adapters(model, cfg.lora_rank, cfg.lora_alpha, targets, cfg.lora_dropout)
     model.to(device)
