@@ -104,7 +104,19 @@ class TrainState:
         is the checkpoint's.
         """
         load_model_weights(self.model, ckpt)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        # the moments and momentum buffers are the checkpoint's; the hyperparameters (betas,
+        # weight decay, momentum, each group's share of the learning rate) stay this run's,
+        # so flags changed on resume take effect (torch would restore the saved ones)
+        settings = [{k: v for k, v in g.items() if k != "params"}
+                    for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError):
+            raise CheckpointError("cannot resume: the checkpoint's optimizer state does not "
+                                  "fit this run's optimizer; resume with the optimizer "
+                                  "settings it was trained with") from None
+        for group, values in zip(self.optimizer.param_groups, settings):
+            group.update(values)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]

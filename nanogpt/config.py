@@ -198,6 +198,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"batch_split ({cfg.batch_split}) must not exceed batch_size "
                           f"({cfg.batch_size}): a chunk holds at least one sequence; 0 chooses "
                           f"automatically")
+    if not -2**63 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed must fit in 64 bits (-2**63 <= seed < 2**63), got {cfg.seed}")
+    for key in ("out_dir", "data_dir"):
+        if not getattr(cfg, key).strip():
+            raise ConfigError(f"{key} is empty; name a directory ('.' for the current one)")
     if cfg.vocab_size is not None and cfg.vocab_size < 1:
         raise ConfigError(f"vocab_size must be >= 1 (or None), got {cfg.vocab_size}")
     if cfg.learning_rate <= 0 or cfg.min_lr < 0:
@@ -361,7 +366,7 @@ def load_config_file(path: str) -> dict[str, object]:
         raise ConfigError(f"config file not found: {path}")
     try:
         namespace = runpy.run_path(path)
-    except Exception as e:  # the user's file: report where it failed, not our stack
+    except (Exception, SystemExit) as e:  # the user's file: say how it failed, not our stack
         raise ConfigError(f"config file {path} raised {type(e).__name__}: {e}") from None
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not isinstance(v, types.ModuleType)}

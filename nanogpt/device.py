@@ -113,6 +113,13 @@ def default_num_threads(requested: int = 0) -> int | None:
 
 
 def set_num_threads(requested: int = 0) -> None:
+    """Set torch's CPU threads (default_num_threads); UserError for more threads than the
+    machine has CPUs (more only slow torch down, and tens of thousands crash OpenMP)."""
+    cpus = os.cpu_count()
+    if cpus and requested > cpus:
+        raise UserError(f"num_threads ({requested}) is more than the {cpus} CPUs of this "
+                        f"machine; use --num_threads={cpus} or less, or 0 for one per "
+                        f"physical core")
     threads = default_num_threads(requested)
     if threads:
         torch.set_num_threads(threads)

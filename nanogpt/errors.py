@@ -39,11 +39,18 @@ def debug_requested(argv: list[str]) -> tuple[list[str], bool]:
     return rest, debug or len(rest) != len(argv)
 
 
-def run_guarded(body: Callable[[], int], debug: bool = False) -> int:
-    """body()'s exit code; UserError, device out-of-memory and Ctrl-C as one line on stderr."""
+def out_of_memory(e: BaseException) -> bool:
+    """Whether e is an allocation that failed: a device's out-of-memory, or torch's CPU
+    allocator refusing a size the host cannot hold (a RuntimeError)."""
     import torch
 
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(e, oom) or (isinstance(e, RuntimeError)
+                                  and "DefaultCPUAllocator: can't allocate memory" in str(e))
+
+
+def run_guarded(body: Callable[[], int], debug: bool = False) -> int:
+    """body()'s exit code; UserError, out-of-memory and Ctrl-C as one line on stderr."""
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank ends the same way
     try:
         return body()
@@ -51,15 +58,16 @@ def run_guarded(body: Callable[[], int], debug: bool = False) -> int:
         if rank0:
             print(str(e), file=sys.stderr)
         return e.exit_code
-    except (UserError, oom) as e:
-        if debug:
+    except (UserError, RuntimeError) as e:
+        if debug or not (isinstance(e, UserError) or out_of_memory(e)):
             raise
-        if isinstance(e, oom):
-            e = UserError("out of memory on the device; lower --batch_size (raise "
-                          "--gradient_accumulation_steps to keep the batch) or --block_size")
+        if not isinstance(e, UserError):
+            where = "the device" if "DefaultCPUAllocator" not in str(e) else "the host"
+            e = UserError(f"out of memory on {where}; lower --batch_size (raise "
+                          f"--gradient_accumulation_steps to keep the batch) or --block_size")
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # also during the imports at start-up
         if debug:
             raise
         print("aborted", file=sys.stderr)

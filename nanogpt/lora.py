@@ -88,6 +88,14 @@ def _targeted(model: GPT, targets: list[str]) -> list[tuple[nn.Module, str, str]
     return found
 
 
+def max_rank(model: GPT, targets: list[str]) -> int:
+    """The highest useful lora_rank on these targets: the smallest side of any targeted
+    layer (past it, B A has no more rank to give, only more parameters)."""
+    return min(min(layer.in_features, layer.out_features)
+               for layer in (getattr(parent, attr) for parent, attr, _ in
+                             _targeted(model, targets)))
+
+
 def add_adapters(model: GPT, rank: int, alpha: float, targets: list[str],
                  dropout: float = 0.0) -> GPT:
     """Freeze every weight of model and put a fresh adapter (A random, B zero) on each

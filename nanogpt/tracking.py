@@ -97,7 +97,13 @@ class WandbLog:
     def __init__(self, project: str, name: str, config: dict):
         import wandb
 
-        self.run = wandb.init(project=project, name=name, config=config)
+        try:
+            self.run = wandb.init(project=project, name=name, config=config)
+        except wandb.errors.Error as e:  # not logged in, no network, a bad project name
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"wandb_log: W&B did not start ({reason}); run `wandb login` or "
+                            f"set WANDB_API_KEY (WANDB_MODE=offline logs without an account), "
+                            f"or drop --wandb_log") from None
         self.run.define_metric("iter")
         self.run.define_metric("*", step_metric="iter")
 

@@ -53,7 +53,7 @@ from nanogpt.distributed import (
 )
 from nanogpt.errors import TrainingStopped, UserError
 from nanogpt.flops import peak_flops, training_flops_per_token
-from nanogpt.lora import add_adapters, parse_targets
+from nanogpt.lora import add_adapters, max_rank, parse_targets
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
 from nanogpt.pretrained import EXPORTED_TOKENIZER, exported_tokenizer
@@ -141,16 +141,16 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                         batch_split=split, sample_tokens=n_sample,
                         params=state.model.get_num_params(),
                         trainable_params=_trainable(state.model))
-        if dist.is_master:
-            remove_stale_files(cfg.out_dir)
-            if cfg.init_from != "resume":  # an older run's; --overwrite was given
-                (Path(cfg.out_dir) / LAST_NAME).unlink(missing_ok=True)
-            save_run_config(cfg.out_dir, cfg.to_dict())
         wandb = None
         if cfg.wandb_log and dist.is_master:  # every record of log.jsonl goes there too
             name = cfg.wandb_run_name or Path(cfg.out_dir).resolve().name
             wandb = run.enter_context(WandbLog(cfg.wandb_project, name,
                                                {**cfg.to_dict(), "resolved": resolved}))
+        if dist.is_master:  # out_dir changes from here on
+            remove_stale_files(cfg.out_dir)
+            if cfg.init_from != "resume":  # an older run's; --overwrite was given
+                (Path(cfg.out_dir) / LAST_NAME).unlink(missing_ok=True)
+            save_run_config(cfg.out_dir, cfg.to_dict())
         jlog = RunLog(cfg.out_dir if dist.is_master else None, append=cfg.init_from == "resume",
                       mirror=wandb)
         _log_start(cfg, state, resolved, dist, resumed_from, jlog)
@@ -596,6 +596,12 @@ def read_start_checkpoint(cfg: TrainConfig, data: Dataset) -> tuple[dict | None,
         raise UserError("cannot resume: the model shape differs from the checkpoint: "
                         + ", ".join(diff) + "; use the checkpoint's values")
     check_finetune_matches(cfg, ckpt.get("lora"))
+    saved_optimizer = (ckpt.get("config") or {}).get("optimizer", cfg.optimizer)
+    if saved_optimizer != cfg.optimizer:
+        raise UserError(f"cannot resume: the checkpoint was trained with optimizer="
+                        f"{saved_optimizer!r}, not {cfg.optimizer!r}; resume with "
+                        f"--optimizer={saved_optimizer}, or start a new run from its weights "
+                        f"with --init_from={cfg.out_dir} and another --out_dir")
     return ckpt, existing
 
 
@@ -648,6 +654,12 @@ def build_state(cfg: TrainConfig, data: Dataset, ckpt: dict | None, device: str,
         model = GPT(cfg.model_config(data.meta["vocab_size"]))
     if ckpt is None and cfg.finetune == "lora":  # freeze the model, train adapters on it
         targets = parse_targets(cfg.lora_targets)
+        if cfg.lora_rank > max_rank(model, targets):
+            raise UserError(f"lora_rank ({cfg.lora_rank}) is more than {max_rank(model, targets)}"
+                            f", the smallest width of the layers it adapts in "
+                            f"{cfg.init_from}: a higher rank adds parameters, not capacity; "
+                            f"use --lora_rank={max_rank(model, targets)} or less (a small "
+                            f"fraction of it is usual)")
         lora = lora_settings(model, pretrained, cfg.lora_rank, cfg.lora_alpha, targets)
         add_adapters(model, cfg.lora_rank, cfg.lora_alpha, targets, cfg.lora_dropout)
     model.to(device)

@@ -12,6 +12,7 @@ import torch
 from nanogpt.cli import sample_main, train_main
 from nanogpt.config import parse_args
 from nanogpt.data import CharTokenizer, write_dataset
+from nanogpt.errors import run_guarded
 from nanogpt.trainer import train
 from tests.conftest import tiny_args
 
@@ -139,6 +140,25 @@ def test_debug_flag_or_env_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT_DEBUG", "1")
     with pytest.raises(Exception, match="config file not found"):
         train_main(["--config", str(tmp_path / "missing.py")])
+
+
+def test_a_batch_the_host_cannot_allocate_is_one_line(data_dir, tmp_path, capsys):
+    code = train_main(tiny_args(data_dir, tmp_path / "out", batch_size=10**15, max_iters=1))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: out of memory on the host; lower --batch_size")
+
+
+def test_ctrl_c_while_starting_up_and_other_errors(capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt  # as in the imports at start-up, before the loop's handler
+
+    with monkeypatch.context() as m:  # the guard is in place before torch is imported
+        m.setitem(sys.modules, "torch", None)
+        assert run_guarded(interrupted) == 130
+    assert capsys.readouterr().err == "aborted\n"
+    with pytest.raises(RuntimeError, match="a bug of ours"):  # not a user mistake: traceback
+        run_guarded(lambda: (_ for _ in ()).throw(RuntimeError("a bug of ours")))
 
 
 def test_overwrite_flag_replaces_an_existing_run(trained, data_dir, tmp_path):

@@ -42,6 +42,10 @@ def test_values_take_the_fields_type():
     (["--batch_size=0"], "batch_size must be >= 1"),
     (["--min_lr=1", "--learning_rate=0.1"], "min_lr (1.0) must not exceed learning_rate"),
     (["--max_iters"], "--max_iters needs a value"),
+    (["--seed=1e30"], "seed must fit in 64 bits"),
+    (["--seed=-9223372036854775809"], "seed must fit in 64 bits"),
+    (["--out_dir="], "out_dir is empty; name a directory ('.' for the current one)"),
+    (["--data_dir= "], "data_dir is empty"),
 ])
 def test_bad_values_name_the_key(argv, message):
     with pytest.raises(ConfigError) as e:
@@ -58,6 +62,10 @@ def test_config_file_problems(tmp_path):
         parse_args([write(tmp_path, "n_layers = 3\n")])
     with pytest.raises(ConfigError, match="batch_size must be int"):
         parse_args([write(tmp_path, "batch_size = '8'\n")])
+    with pytest.raises(ConfigError, match="raised SystemExit: 3"):
+        parse_args([write(tmp_path, "raise SystemExit(3)\n")])
+    with pytest.raises(ConfigError, match="raised SystemExit: stop here"):
+        parse_args([write(tmp_path, "import sys\nsys.exit('stop here')\n")])
 
 
 def test_config_files_may_import_and_use_private_names(tmp_path):

@@ -125,6 +125,16 @@ def lora_args(data_dir, out, base, **overrides) -> list[str]:
     return tiny_args(data_dir, out, **{**values, **overrides})
 
 
+def test_a_rank_past_the_layers_width_is_refused_before_out_dir_changes(data_dir, tmp_path,
+                                                                         base_run):
+    out = tmp_path / "out"  # the base is 32 wide: rank 33 would be no adapter but a bigger layer
+    with pytest.raises(UserError, match=r"lora_rank \(33\) is more than 32, the smallest width "
+                                        r"of the layers it adapts"):
+        train(parse_args(lora_args(data_dir, out, base_run, lora_rank=33, max_iters=2)))
+    assert not out.exists()
+    train(parse_args(lora_args(data_dir, out, base_run, lora_rank=32, max_iters=2)))
+
+
 def test_lora_run_saves_only_the_adapters_and_names_its_base(data_dir, tmp_path, base_run):
     out = tmp_path / "lora"
     # 40 steps and 20 eval batches: the loss drop (0.026-0.044 over seeds 1-4 and 1337) stands

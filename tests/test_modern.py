@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from nanogpt.checkpoint import load_checkpoint
+from nanogpt.checkpoint import TrainState, load_checkpoint
 from nanogpt.config import parse_args
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
@@ -259,6 +259,43 @@ def test_resume_refuses_another_recipe(data_dir, tmp_path):
     with pytest.raises(UserError, match=r"positions='learned' \(checkpoint has 'rope'\)"):
         train(parse_args(tiny_args(data_dir, out, max_iters=4, init_from="resume",
                                    **{**MODERN, "positions": "learned"})))
+
+
+def test_resume_refuses_another_optimizer(data_dir, tmp_path):
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=2, eval_interval=2, **MODERN_TRAINING)))
+    with pytest.raises(UserError, match="trained with optimizer='muon', not 'adamw'; resume "
+                                        "with --optimizer=muon"):
+        train(parse_args(tiny_args(data_dir, out, max_iters=4, init_from="resume",
+                                   **{**MODERN_TRAINING, "optimizer": "adamw"})))
+
+
+def test_resume_takes_the_optimizer_settings_given_and_the_saved_moments():
+    """Flags changed on resume (muon_lr, embedding_lr, betas, weight decay, momentum) take
+    effect; torch's load_state_dict alone would bring back the saved ones."""
+    model = tiny_gpt(**MODERN)
+
+    def optimizer(**kw):
+        return build_optimizer(model, "muon", learning_rate=1e-3, device_type="cpu", **kw)
+
+    first = optimizer(weight_decay=0.0, betas=(0.8, 0.95), muon_lr=0.02, embedding_lr=0.05)
+    _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long))
+    loss.backward()
+    first.step()
+    ckpt = TrainState(model, first).to_checkpoint()
+    given = dict(weight_decay=0.1, betas=(0.9, 0.99), muon_lr=0.04, embedding_lr=0.01,
+                 muon_momentum=0.9)
+    second = optimizer(**given)
+    wanted = [{k: v for k, v in g.items() if k != "params"} for g in second.param_groups]
+    TrainState(model, second).restore(ckpt)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in second.param_groups] == wanted
+    assert sorted(round(g["lr_scale"], 6) for g in second.param_groups) == [1.0, 1.0, 10.0, 40.0]
+    saved = [s for o in first.optimizers for s in o.state.values()]
+    restored = [s for o in second.optimizers for s in o.state.values()]
+    assert len(saved) == len(restored) > 0
+    for a, b in zip(saved, restored):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
 
 
 def test_default_config_is_still_gpt2():

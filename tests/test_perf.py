@@ -65,6 +65,17 @@ def test_num_threads_option_wins(monkeypatch):
     assert device.default_num_threads(5) == 5
 
 
+def test_more_threads_than_cpus_is_refused_before_torch_sees_them(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    set_calls = []
+    monkeypatch.setattr(torch, "set_num_threads", set_calls.append)
+    with pytest.raises(UserError, match=r"num_threads \(100000\) is more than the 4 CPUs of "
+                                        r"this machine; use --num_threads=4 or less"):
+        device.set_num_threads(100000)
+    device.set_num_threads(4)
+    assert set_calls == [4]
+
+
 def test_omp_num_threads_is_left_to_torch(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert device.default_num_threads(0) is None

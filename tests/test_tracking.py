@@ -197,6 +197,26 @@ def test_wandb_asked_for_but_missing_is_one_line(data_dir, tmp_path, monkeypatch
     assert not out.exists()
 
 
+def test_wandb_that_cannot_start_is_one_line_and_changes_no_file(data_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    wandb = pytest.importorskip("wandb")
+    out = tmp_path / "out"
+    train(parse_args(tiny_args(data_dir, out, max_iters=2, eval_interval=2)))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def init(*args, **kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", init)
+    code = train_main(["--init_from=resume", f"--out_dir={out}", "--max_iters=4",
+                       "--wandb_log"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "W&B did not start (No API key configured. Use `wandb login` to log in.); run " \
+           "`wandb login`" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 # ---- compile=auto ----
 
 def test_compile_auto_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
