@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
 from nanogpt.errors import UserError
 from nanogpt.rundir import RunLog
-from nanogpt.sampling import generate_text
+from nanogpt.sampling import generate_pieces
 from nanogpt.tokenizer import DEFAULT_PROMPT, default_prompt, tokenizer_from_dict
 
 log = logging.getLogger("nanogpt")
@@ -60,17 +61,24 @@ class EvalSample:
             raise UserError("sample_prompt is empty; give it some text, or set "
                             "--sample_tokens=0")
 
-    def show(self, model: torch.nn.Module, ctx, iter_num: int, jlog: RunLog) -> str | None:
-        """Sample from model (in eval mode, under ctx), print and log it; return the text."""
+    def show(self, model: torch.nn.Module, ctx, iter_num: int, jlog: RunLog,
+             interrupted: Callable[[], bool] | None = None) -> str | None:
+        """Sample from model (in eval mode, under ctx), print and log it; return the text.
+        interrupted() is asked after each token: when it turns true (a signal), the sample
+        stops there, is neither printed nor logged, and None is returned."""
         if iter_num < self.first_iter:
             return None
         t0 = time.perf_counter()
+        pieces = []
         with ctx:
-            text = generate_text(model, self.tokenizer.encode, self.tokenizer.decode,
-                                 self.prompt, max_new_tokens=self.max_new_tokens,
-                                 temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
-                                 seed=self.seed)[0]
-        seconds = time.perf_counter() - t0
+            for _, piece in generate_pieces(model, self.tokenizer.encode, self.tokenizer.decode,
+                                            self.prompt, max_new_tokens=self.max_new_tokens,
+                                            temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K,
+                                            seed=self.seed):
+                if interrupted is not None and interrupted():
+                    return None
+                pieces.append(piece)
+        text, seconds = "".join(pieces), time.perf_counter() - t0
         log.info("sample at step %d (%.2f s):\n%s%s\n", iter_num, seconds, self.prompt, text)
         jlog.write(event="sample", iter=iter_num, prompt=self.prompt, text=text,
                    seconds=seconds)

@@ -186,6 +186,11 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                                     last_good)
                 log.info("step %d: train loss %.4f, val loss %.4f, val bpb %.4f",
                          state.iter_num, losses["train"], losses["val"], losses["val_bpb"])
+                if sampler is not None:  # the same prompt and seed each time: samples compare
+                    sampler.show(state.model, ctx, state.iter_num, jlog, signalled)
+                    if signalled is not None and signalled():  # mid-sample: save now, as
+                        stop_for_signal(state, cfg, stop, dist, jlog, clock_start, watch,
+                                        last_good)  # above (log.jsonl has none of this eval)
                 jlog.write(event="eval", iter=state.iter_num, train_loss=losses["train"],
                            val_loss=losses["val"], train_bpb=losses["train_bpb"],
                            val_bpb=losses["val_bpb"], tokens=state.tokens_seen,
@@ -194,8 +199,6 @@ def train(cfg: TrainConfig, dist: DistInfo | None = None,
                 overfit.check(state.iter_num, losses["val"], state.best_val_loss,
                               state.tokens_seen, state.tokens_seen + tokens_per_iter
                               * (cfg.max_iters - state.iter_num), jlog)
-                if sampler is not None:  # the same prompt and seed each time: samples compare
-                    sampler.show(state.model, ctx, state.iter_num, jlog)
                 improved = losses["val"] < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, losses["val"])
                 if state.iter_num > 0 and (improved or cfg.always_save_checkpoint) \

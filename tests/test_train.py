@@ -297,6 +297,41 @@ def test_sigterm_during_an_evaluation_saves_at_once_and_resumes_exactly(data_dir
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_sigterm_during_the_evaluation_sample_saves_at_once_and_resumes_exactly(
+        data_dir, tmp_path, monkeypatch):
+    """A signal while the evaluation's sample is being generated (sample_tokens can make it
+    long) stops the sample at the next token and saves; log.jsonl keeps nothing of that
+    evaluation, and the resume evaluates and samples it again, as the straight run did."""
+    from nanogpt import sampling
+
+    common = dict(max_iters=20, eval_interval=10, sample_tokens=40)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(parse_args(tiny_args(data_dir, straight, **common)))
+    drawn = {"n": 0}
+    real_sample_next = sampling.sample_next
+
+    def sample_next(*args, **kwargs):
+        drawn["n"] += 1
+        if drawn["n"] == 5:  # the fifth token of the first sample (step 10)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_sample_next(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample_next", sample_next)
+    with pytest.raises(TrainingStopped, match="at iter 10;") as e:
+        train(parse_args(tiny_args(data_dir, stopped, **common)))
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    assert drawn["n"] <= 6  # not the 40 tokens
+    assert [r["iter"] for r in read_log(stopped, "eval")] == [0]
+    assert read_log(stopped, "sample") == []
+    monkeypatch.undo()
+    train(parse_args(tiny_args(data_dir, stopped, **common, init_from="resume")))
+    for what in ("train", "eval", "sample"):
+        drop = ("ms", "tok_per_s", "time", "elapsed", "seconds")
+        want = [{k: v for k, v in r.items() if k not in drop} for r in read_log(straight, what)]
+        got = [{k: v for k, v in r.items() if k not in drop} for r in read_log(stopped, what)]
+        assert got == want and want, what
+
+
 def test_eval_only_stopped_mid_evaluation_saves_nothing(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
     train(parse_args(tiny_args(data_dir, out, max_iters=10)))
