@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import sysconfig
 import typing
 
 import torch
@@ -144,6 +145,11 @@ def compile_problem(device: str) -> str | None:
             return "Triton is not installed, or does not support this GPU"
         if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
             return "Triton needs a C compiler (gcc or clang, or set CC) and none was found"
+        include = sysconfig.get_paths().get("include") or ""
+        if not os.path.isfile(os.path.join(include, "Python.h")):  # its launchers include it
+            return (f"Triton compiles against Python's C headers and {include}/Python.h is "
+                    f"missing (install your Python's development package, e.g. "
+                    f"python{sys.version_info.major}.{sys.version_info.minor}-dev)")
     elif kind == "cpu":
         cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
         if not shutil.which(cxx):

@@ -49,8 +49,35 @@ def out_of_memory(e: BaseException) -> bool:
                                   and "DefaultCPUAllocator: can't allocate memory" in str(e))
 
 
+def compile_failure(e: BaseException) -> str | None:
+    """What went wrong, in one line, when e is torch.compile's backend failing (a C compiler
+    error, a broken cache); else None. Looks only when torch._dynamo was imported."""
+    exc = sys.modules.get("torch._dynamo.exc")
+    if exc is None or not isinstance(e, exc.BackendCompilerFailed):
+        return None
+    inner = getattr(e, "inner_exception", None) or e
+    lines = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {lines[0][:300]}" if lines else type(inner).__name__
+
+
+def _as_user_error(e: RuntimeError) -> UserError | None:
+    """The one line for a RuntimeError a user can act on (out of memory, a failed
+    torch.compile); None for the others, which keep their traceback."""
+    if out_of_memory(e):
+        where = "the device" if "DefaultCPUAllocator" not in str(e) else "the host"
+        return UserError(f"out of memory on {where}; lower --batch_size (raise "
+                         f"--gradient_accumulation_steps to keep the batch) or --block_size")
+    reason = compile_failure(e)
+    if reason is not None:
+        return UserError(f"torch.compile failed ({reason}); run again with --compile=False, "
+                         f"or fix what the compiler's messages above say (--debug shows the "
+                         f"traceback)")
+    return None
+
+
 def run_guarded(body: Callable[[], int], debug: bool = False) -> int:
-    """body()'s exit code; UserError, out-of-memory and Ctrl-C as one line on stderr."""
+    """body()'s exit code; UserError, out-of-memory, a failed torch.compile and Ctrl-C as one
+    line on stderr."""
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank ends the same way
     try:
         return body()
@@ -59,13 +86,10 @@ def run_guarded(body: Callable[[], int], debug: bool = False) -> int:
             print(str(e), file=sys.stderr)
         return e.exit_code
     except (UserError, RuntimeError) as e:
-        if debug or not (isinstance(e, UserError) or out_of_memory(e)):
+        error = e if isinstance(e, UserError) else _as_user_error(e)
+        if debug or error is None:
             raise
-        if not isinstance(e, UserError):
-            where = "the device" if "DefaultCPUAllocator" not in str(e) else "the host"
-            e = UserError(f"out of memory on {where}; lower --batch_size (raise "
-                          f"--gradient_accumulation_steps to keep the batch) or --block_size")
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # also during the imports at start-up
         if debug:

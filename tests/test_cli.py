@@ -149,6 +149,30 @@ def test_a_batch_the_host_cannot_allocate_is_one_line(data_dir, tmp_path, capsys
     assert err.startswith("error: out of memory on the host; lower --batch_size")
 
 
+def test_a_failing_torch_compile_is_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    """torch.compile's backend failing at the first step (a C compiler error, a broken
+    Inductor cache) is one line naming --compile=False; --debug keeps the traceback."""
+    import nanogpt.trainer
+
+    def broken_backend(graph, example_inputs):
+        raise OSError("cc1: fatal error: Python.h: No such file or directory\nmore lines")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model,
+                                                                     backend=broken_backend))
+    monkeypatch.setattr(nanogpt.trainer, "resolve_compile", lambda setting, device: True)
+    args = tiny_args(data_dir, tmp_path / "out", max_iters=2, compile=True)
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: torch.compile failed (OSError: cc1: fatal error: Python.h: "
+                          "No such file or directory); run again with --compile=False")
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed):
+        train_main(args + ["--overwrite", "--debug"])
+    torch._dynamo.reset()
+
+
 def test_ctrl_c_while_starting_up_and_other_errors(capsys, monkeypatch):
     def interrupted():
         raise KeyboardInterrupt  # as in the imports at start-up, before the loop's handler

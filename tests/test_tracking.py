@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sysconfig
 
 import pytest
 
@@ -249,7 +251,12 @@ def test_the_compile_check_finds_what_is_missing(monkeypatch):
     monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
     assert "Triton needs a C compiler" in device_module.compile_problem("cuda")
     monkeypatch.setattr(device_module.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert device_module.compile_problem("cuda") is None
+    with monkeypatch.context() as m:  # Python's C headers, which Triton's launchers include
+        m.setattr(device_module.sysconfig, "get_paths", lambda: {"include": "/nowhere"})
+        assert "/nowhere/Python.h is missing" in device_module.compile_problem("cuda")
+        assert device_module.compile_problem("cpu") is None
+    headers = os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+    assert (device_module.compile_problem("cuda") is None) == headers
     assert device_module.compile_problem("cpu") is None
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     assert "cannot compile on Python" in device_module.compile_problem("cpu")
