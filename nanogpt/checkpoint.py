@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, first_line
 from nanogpt.fileio import atomic_write
 from nanogpt.lora import (
     adapter_state_dict,
@@ -136,7 +136,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else \
-            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first_line(e, 200)
         raise CheckpointError(f"could not save the checkpoint to {path} ({why})") from None
 
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from nanogpt.errors import TrainingStopped, UserError, debug_requested, run_guarded
+from nanogpt.errors import TrainingStopped, UserError, debug_requested, os_reason, run_guarded
 
 
 class _TqdmHandler(logging.Handler):
@@ -270,7 +270,6 @@ def prepare_known_main(here: Path, argv: list[str] | None = None) -> int:
 
 def _prepare_known(here: Path, argv: list[str]) -> int:
     from nanogpt.data import PREPARERS
-    from nanogpt.errors import os_reason
 
     if argv:
         raise UserError(f"prepare.py takes no arguments (got {' '.join(argv)}); for your own "

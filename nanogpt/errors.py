@@ -15,6 +15,13 @@ from collections.abc import Callable
 EXIT_USER_ERROR = 2
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line: its first line, at most limit characters, or its
+    type's name when it has no message."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 def os_reason(e: OSError) -> str:
     """An OSError as a user reads it: 'No space left on device (path)'."""
     return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
@@ -56,8 +63,7 @@ def compile_failure(e: BaseException) -> str | None:
     if exc is None or not isinstance(e, exc.BackendCompilerFailed):
         return None
     inner = getattr(e, "inner_exception", None) or e
-    lines = str(inner).strip().splitlines()
-    return f"{type(inner).__name__}: {lines[0][:300]}" if lines else type(inner).__name__
+    return f"{type(inner).__name__}: {first_line(inner)}"
 
 
 def _as_user_error(e: RuntimeError) -> UserError | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError, os_reason
+from nanogpt.errors import UserError, first_line, os_reason
 from nanogpt.model import GPT, GPTConfig, LayerNorm
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -78,7 +78,7 @@ def _download(name: str) -> Path:
         return Path(snapshot_download(repo_id=repo,
                                       allow_patterns=["config.json", "model.safetensors"]))
     except Exception as e:  # noqa: BLE001 - network, auth and cache errors all mean the same
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         raise PretrainedError(f"could not download {name} from the Hugging Face Hub ({first}); "
                               f"save config.json and model.safetensors from "
                               f"https://huggingface.co/{repo} into a directory and pass "

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, first_line
 from nanogpt.rundir import RunLog
 from nanogpt.sampling import generate_pieces
 from nanogpt.tokenizer import DEFAULT_PROMPT, default_prompt, tokenizer_from_dict
@@ -108,7 +108,7 @@ class WandbLog:
         try:
             self.run = wandb.init(project=project, name=name, config=config)
         except wandb.errors.Error as e:  # not logged in, no network, a bad project name
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = first_line(e)
             raise UserError(f"wandb_log: W&B did not start ({reason}); run `wandb login` or "
                             f"set WANDB_API_KEY (WANDB_MODE=offline logs without an account), "
                             f"or drop --wandb_log") from None
