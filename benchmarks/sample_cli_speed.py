@@ -2,7 +2,8 @@
 
     python benchmarks/sample_cli_speed.py                       # this checkout
     python benchmarks/sample_cli_speed.py --checkouts . ../nanogpt-main --repeats 5
-    NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py    # as on a CPU without bf16
+    python benchmarks/sample_cli_speed.py -- --dtype float32    # sample.py --dtype float32
+    NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py    # as on a CPU without bf16 units
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py   # closer still: AVX2 kernels
 
@@ -74,6 +75,22 @@ def save_random_baby(out_dir: Path) -> None:
         "tokenizer": tok.to_dict()})
 
 
+def cpu_kind() -> str:
+    """This CPU's bf16 flags, torch's kernels, and what this checkout's sample.py decodes in."""
+    import torch
+
+    from nanogpt.device import resolve_decode_dtype
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = sorted({w for w in f.read().split() if w in ("avx512_bf16", "amx_bf16")})
+    except OSError:
+        flags = []
+    return (f"CPU bf16 flags: {' '.join(flags) or 'none'}, torch kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, dtype auto here: "
+            f"{resolve_decode_dtype('auto', 'cpu')}")
+
+
 def tokens_per_second(checkout: Path, args: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     proc = subprocess.run([sys.executable, "-c", TIMER, *args], capture_output=True, text=True,
@@ -104,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[checkout].append(tokens_per_second(checkout, sample_args))
     first = statistics.median(runs[checkouts[0]])
     print(f"sample.py {' '.join(sample_args[2:])}, baby GPT with random weights; "
-          f"NANOGPT_CPU_BF16={os.environ.get('NANOGPT_CPU_BF16', 'unset')}")
+          f"NANOGPT_CPU_BF16={os.environ.get('NANOGPT_CPU_BF16', 'unset')}; {cpu_kind()}")
     print("| checkout | tokens/s (median) | vs first | runs |")
     print("| --- | --- | --- | --- |")
     for checkout, speeds in runs.items():

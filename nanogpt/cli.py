@@ -138,8 +138,9 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="precision of the weights and activations while decoding (on a "
-                        "CPU the KV cache stays float32); auto: bf16 where the device has "
-                        "bf16 units (samples differ from float32 ones), else float32")
+                        "CPU the KV cache stays float32); auto: bf16 where decoding runs faster "
+                        "in it (GPUs with bf16; CPUs with bf16 units or AVX2/AVX-512; "
+                        "samples differ from float32 ones), else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,
                    help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
@@ -192,13 +193,13 @@ def _sample(argv: list[str]) -> int:
     import torch
 
     from nanogpt.checkpoint import load_model
-    from nanogpt.device import resolve_device, resolve_dtype
+    from nanogpt.device import resolve_decode_dtype, resolve_device
     from nanogpt.inference import for_decoding
     from nanogpt.sampling import generate_pieces
     from nanogpt.tokenizer import default_prompt
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, "sampling")  # before loading gigabytes
+    dtype = resolve_decode_dtype(args.dtype, device)  # before loading gigabytes
     if args.init_from == "resume":
         model, tokenizer = load_model(args.out_dir, device)
     else:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.device import PTDTYPE, resolve_dtype
+from nanogpt.device import PTDTYPE, cpu_has_fast_bf16, resolve_decode_dtype
 from nanogpt.model import GPT
 
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -40,14 +40,15 @@ DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def decode_dtype(model: GPT, requested: str = "auto") -> str:
     """'auto': the model's own dtype when that is not float32 (it was converted on purpose),
-    else the fastest the device has (bf16 on CPUs with bf16 units and on GPUs that have it,
-    float16 on older GPUs, float32 elsewhere). An explicit dtype is checked to work there."""
+    else the fastest the device decodes in (device.resolve_decode_dtype: bf16 on GPUs that
+    have it, float16 on older GPUs; on a CPU bf16 where it has bf16 units or AVX2/AVX-512
+    kernels, float32 elsewhere). An explicit dtype is checked to work there."""
     if requested not in DECODE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {requested!r}")
     weight = next(model.parameters())
     if requested == "auto" and weight.dtype != torch.float32:
         return str(weight.dtype).removeprefix("torch.")
-    return resolve_dtype(requested, str(weight.device))
+    return resolve_decode_dtype(requested, str(weight.device))
 
 
 def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
@@ -61,13 +62,23 @@ def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
                          f"{dtype}, pass the model it was made from")
     dtype = decode_dtype(model, dtype)
     prepared = _copy_in(model, PTDTYPE[dtype]).eval()
-    if next(model.parameters()).device.type == "cpu" and onednn_packing_works(PTDTYPE[dtype]):
+    cpu_linear = cpu_linear_kind(PTDTYPE[dtype]) \
+        if next(model.parameters()).device.type == "cpu" else None
+    if cpu_linear is not None:
         for module in list(prepared.modules()):
             for name, child in list(module.named_children()):
                 if type(child) is nn.Linear:  # the small head too: it ran faster packed
-                    setattr(module, name, PackedLinear(child))
+                    setattr(module, name, cpu_linear(child))
     prepared.prepared_for_decoding = dtype
     return prepared
+
+
+def cpu_linear_kind(dtype: torch.dtype) -> type[nn.Module] | None:
+    """What a CPU decodes each nn.Linear of dtype with: GemvLinear for bf16 on a CPU without
+    bf16 units, else PackedLinear where oneDNN packs dtype, else None (nn.Linear as it is)."""
+    if dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+        return GemvLinear
+    return PackedLinear if onednn_packing_works(dtype) else None
 
 
 def _copy_in(model: GPT, dtype: torch.dtype) -> GPT:
@@ -112,6 +123,42 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise.default(x, self.packed, self.bias, "none",
                                                           [], "")
+
+
+class GemvLinear(nn.Module):
+    """An inference-only bf16 nn.Linear for a CPU without bf16 units (AVX2, say).
+
+    One row of input (a decoded token) multiplies the bf16 weight through torch's
+    matrix-vector kernel, which converts bf16 to float32 in registers: it reads half the bytes
+    of float32 and has little fixed cost per call. Several rows (a prompt, a batch of samples,
+    --no_cache) go through a float32 copy of the same weights, oneDNN-packed where it can:
+    torch's bf16 matrix-matrix kernel there costs about one matrix-vector product per row
+    (a 193-token prompt of the baby GPT: 263 ms against 49 in float32; 2-core AVX2 EPYC).
+    Either way the input is bf16, products add up in float32 and the output is rounded to
+    bf16, so the two differ only in the order of the float32 sums."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        weight = linear.weight.detach().float()
+        self.bias32 = None if linear.bias is None else linear.bias.detach().float()
+        self.packed32 = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_FOR_ROWS) \
+            if onednn_packing_works(torch.float32) else None
+        self.weight32 = weight if self.packed32 is None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= GEMV_MAX_ROWS * x.size(-1):
+            return F.linear(x, self.weight, self.bias)
+        if self.packed32 is None:
+            y = F.linear(x.float(), self.weight32, self.bias32)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise.default(x.float(), self.packed32,
+                                                           self.bias32, "none", [], "")
+        return y.to(x.dtype)
+
+
+GEMV_MAX_ROWS = 1
+"""Input rows up to which GemvLinear multiplies in bf16."""
 
 
 _PACKING_WORKS: dict[torch.dtype, bool] = {}

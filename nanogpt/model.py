@@ -507,8 +507,8 @@ class GPT(nn.Module):
                  context_shift: int | None = None, dtype: str = "auto") -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + new).
 
-        temperature 0 is greedy. dtype 'auto' decodes in bf16 where the device has bf16
-        units (else float32) on a copy of the model. See nanogpt.sampling for streaming,
+        temperature 0 is greedy. dtype 'auto' decodes in bf16 where the device decodes
+        faster in it (else float32) on a copy of the model. See nanogpt.sampling for streaming,
         stop strings and context_shift (how the context is cropped past block_size).
         """
         from nanogpt.sampling import (

@@ -16,7 +16,7 @@ one prefill of block_size + 1 - context_shift tokens per context_shift new token
 context_shift=1 every token past block_size re-reads the window, as without a cache.
 
 Decoding runs on nanogpt.inference.for_decoding(model, dtype): by default bf16 where the
-device has bf16 units, with CPU-friendly weights and a float32 KV cache on a CPU; both paths
+device decodes faster in it, with CPU-friendly weights and a float32 KV cache on a CPU; both paths
 call the model through nanogpt.decode_step (its forward, written flat).
 """
 
@@ -118,8 +118,8 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     """Iterator of max_new_tokens next-token tensors (B,), continuing the prompts idx (B, T).
 
     Randomness comes from generator, or a new one seeded with seed, or else torch's global
-    RNG. dtype is the decoding precision: 'auto' takes bf16 where the device has bf16 units
-    (samples then differ from float32 ones; see nanogpt.inference), else float32. Options are
+    RNG. dtype is the decoding precision: 'auto' takes bf16 where the device decodes faster
+    in it (samples then differ from float32 ones; see nanogpt.inference), else float32. Options are
     checked now; decoding runs in eval mode, on a copy of the model where the dtype or a CPU
     asks for one (nanogpt.inference.for_decoding).
     """

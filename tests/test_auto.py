@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 from conftest import tiny_args, tiny_gpt
 
 from nanogpt import autotune, device, inference
@@ -149,9 +150,16 @@ def test_resume_keeps_the_measured_paths(fake_costs, monkeypatch, data_dir, tmp_
 
 # ---- decoding precision ----
 
-@pytest.mark.parametrize("bf16_units, expected", [(True, "bfloat16"), (False, "float32")])
-def test_decoding_takes_bf16_where_the_cpu_has_bf16_units(monkeypatch, bf16_units, expected):
+@pytest.mark.parametrize("bf16_units, kernels, expected", [
+    (True, "AVX512", "bfloat16"), (False, "AVX512", "bfloat16"), (False, "AVX2", "bfloat16"),
+    (False, "DEFAULT", "float32"), (False, "NO AVX", "float32"), (True, "DEFAULT", "bfloat16")])
+def test_decoding_takes_bf16_where_the_cpu_decodes_faster_in_it(monkeypatch, bf16_units,
+                                                                 kernels, expected):
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: bf16_units)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    assert device.resolve_decode_dtype("auto", "cpu") == expected
+    assert device.resolve_dtype("auto", "cpu") == ("bfloat16" if bf16_units else "float32")
+    assert device.resolve_decode_dtype("float32", "cpu") == "float32"
     model = tiny_gpt().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prepared = inference.for_decoding(model)
@@ -178,6 +186,31 @@ def test_a_model_prepared_in_float32_computes_what_the_model_does(monkeypatch, p
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("packing", [True, False])
+def test_bf16_without_bf16_units_multiplies_one_row_in_bf16_and_more_in_float32(monkeypatch,
+                                                                                packing):
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(inference, "onednn_packing_works", lambda dtype: packing)
+    model = tiny_gpt(n_embd=32).eval()
+    prepared = inference.for_decoding(model, "bfloat16")
+    linears = {type(m).__name__ for m in prepared.modules() if "Linear" in type(m).__name__}
+    assert linears == {"GemvLinear"}
+    layer, dense = prepared.transformer.h[0].mlp.c_fc, model.transformer.h[0].mlp.c_fc
+    assert layer.weight.dtype == torch.bfloat16 and layer.weight.data_ptr() != \
+        dense.weight.data_ptr()
+    x = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(0)).bfloat16()
+    weight, bias = dense.weight.detach().bfloat16(), dense.bias.detach().bfloat16()
+    with torch.no_grad():
+        one = layer(x[:1, :1])  # one row: the bf16 matrix-vector product itself
+        assert torch.equal(one, F.linear(x[:1, :1], weight, bias))
+        many = layer(x)  # several rows: float32 on the same bf16 weights, rounded to bf16
+        want = F.linear(x.float(), weight.float(), bias.float())
+        assert many.dtype == torch.bfloat16
+        torch.testing.assert_close(many.float(), want, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(many[:1, :1], one, rtol=1e-2, atol=1e-2)  # same function
+    assert model.transformer.h[0].mlp.c_fc is dense and dense.weight.dtype == torch.float32
+
+
 def test_onednn_packing_check_leaves_the_global_rng_alone(monkeypatch):
     monkeypatch.setattr(inference, "_PACKING_WORKS", {})
     monkeypatch.setattr(inference, "_FUSION_WORKS", {})
@@ -186,7 +219,9 @@ def test_onednn_packing_check_leaves_the_global_rng_alone(monkeypatch):
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_bf16_decoding_is_close_to_float32_and_cached_equals_uncached():
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_bf16_decoding_is_close_to_float32_and_cached_equals_uncached(monkeypatch, bf16_units):
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: bf16_units)  # GemvLinear or not
     model = tiny_gpt(vocab_size=11).eval()
     with torch.no_grad():  # peaked logits: greedy never hinges on rounding
         for p in model.parameters():

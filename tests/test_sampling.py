@@ -442,17 +442,20 @@ def test_cli_stop_string_ends_each_sample(capsys, uniform_out_dir):
     assert samples_of(out, "ab") == [s.split("\n")[0] for s in full]
 
 
-@pytest.mark.parametrize("bf16_units", [True, False])
-def test_cli_decodes_in_bf16_where_the_cpu_has_it_unless_dtype_is_given(
-        capsys, out_dir, monkeypatch, bf16_units):
+@pytest.mark.parametrize("bf16_units, kernels", [(True, "AVX512"), (False, "AVX2"),
+                                                  (False, "DEFAULT")])
+def test_cli_decodes_in_bf16_where_the_cpu_decodes_faster_in_it_unless_dtype_is_given(
+        capsys, out_dir, monkeypatch, bf16_units, kernels):
     import nanogpt.device
     import nanogpt.inference
 
     monkeypatch.setattr(nanogpt.device, "cpu_has_fast_bf16", lambda: bf16_units)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    faster = bf16_units or kernels != "DEFAULT"
     prepared, real = [], nanogpt.inference.for_decoding
     monkeypatch.setattr(nanogpt.inference, "for_decoding", lambda model, dtype="auto": (
         prepared.append(real(model, dtype)) or prepared[-1]))
-    for args, want in (([], "bfloat16" if bf16_units else "float32"),
+    for args, want in (([], "bfloat16" if faster else "float32"),
                        (["--dtype", "float32"], "float32"), (["--dtype", "bfloat16"], "bfloat16")):
         prepared.clear()
         assert cli(capsys, out_dir, "--seed", "3", *args)[0] == 0
