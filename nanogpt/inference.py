@@ -5,6 +5,9 @@ Decoding one token reads every weight for a single row of activations, so its ti
 matrix-vector products and to the fixed cost of each operation. What made it faster (baby GPT,
 batch 1, 2-core AVX512-BF16 EPYC; README, Sampling):
 - weights and activations in bf16 where the device has bf16 units: half the bytes to read;
+  on x86 CPUs without them (AVX2, AVX-512), one-row products in bf16 too (GemvLinear: torch's
+  matrix-vector kernel converts in registers; a baby-GPT token 1.5x faster than float32 on a
+  2-core AVX2-only EPYC), passes over several rows in float32;
 - on a CPU, each Linear weight reordered once by oneDNN (torch's own CPU kernel library,
   as torch.compile's freezing does) into the blocked layout its matmul reads fastest
   (PACK_FOR_ROWS);

@@ -11,7 +11,8 @@ The KV cache follows the same rule: its slot i holds the window's token i. When 
 moves, the cache is emptied and the new window prefilled in one forward; the other tokens
 are decoded one at a time. Keys thus always sit at the positions the uncached path gives
 them (which reads its window through an emptied cache, so attention runs in the same dtype),
-and both paths compute the same logits (to float rounding) and the same tokens. The price is
+and both paths compute the same logits (to float rounding) and so the same tokens, but for
+tokens tied to that rounding (rare in float32, less so in bf16: README, Sampling). The price is
 one prefill of block_size + 1 - context_shift tokens per context_shift new tokens: with
 context_shift=1 every token past block_size re-reads the window, as without a cache.
 
