@@ -36,6 +36,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanogpt.device import PTDTYPE, cpu_has_fast_bf16, resolve_decode_dtype
+from nanogpt.lora import merge_adapters
 from nanogpt.model import GPT
 
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -56,7 +57,8 @@ def decode_dtype(model: GPT, requested: str = "auto") -> str:
 
 def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
     """model prepared for decoding in dtype (see decode_dtype): model itself when it already
-    is, else an eval-mode copy with weights in dtype and, on a CPU, packed Linear layers."""
+    is, else an eval-mode copy with weights in dtype, LoRA adapters merged into their weights
+    and, on a CPU, Linear layers laid out for decoding (cpu_linear_kind)."""
     prepared = getattr(model, "prepared_for_decoding", None)
     if prepared is not None:
         if dtype in ("auto", prepared):
@@ -65,6 +67,7 @@ def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
                          f"{dtype}, pass the model it was made from")
     dtype = decode_dtype(model, dtype)
     prepared = _copy_in(model, PTDTYPE[dtype]).eval()
+    merge_adapters(prepared).requires_grad_(False)  # then decoded like any Linear below
     cpu_linear = cpu_linear_kind(PTDTYPE[dtype]) \
         if next(model.parameters()).device.type == "cpu" else None
     if cpu_linear is not None:

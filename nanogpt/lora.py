@@ -66,14 +66,15 @@ class LoRALinear(nn.Module):
         return F.linear(x, self.weight, self.bias) + update
 
     def merged(self) -> nn.Linear:
-        """A plain Linear computing the same function: W + s * B A."""
+        """A plain Linear computing the same function: W + s * B A (made without drawing a
+        random init)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
+                           device="meta")
         with torch.no_grad():
             delta = (self.lora_B.double() @ self.lora_A.double()) * self.scale
-            linear.weight.copy_(self.weight.double() + delta)
+            linear.weight = nn.Parameter((self.weight.double() + delta).to(self.weight.dtype))
             if self.bias is not None:
-                linear.bias.copy_(self.bias)
+                linear.bias = nn.Parameter(self.bias.detach().clone())
         return linear
 
 

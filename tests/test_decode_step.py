@@ -89,10 +89,18 @@ def test_flat_step_runs_lora_adapters(monkeypatch):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.5)  # adapters that change the output
-    model = inference.for_decoding(model.eval(), "float32")
+    state = torch.get_rng_state()
+    prepared = inference.for_decoding(model.eval(), "float32")
+    assert torch.equal(torch.get_rng_state(), state)  # merging draws no random init
+    assert not any("lora" in name for name, _ in prepared.named_parameters())  # merged
     idx = torch.randint(0, 23, (1, 4), generator=torch.Generator().manual_seed(1))
-    want, got = logits_both_ways(model, idx, steps=3)
+    want, got = logits_both_ways(prepared, idx, steps=3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the adapted function, not the base model's
+        adapted, _ = model(idx)
+        torch.testing.assert_close(prepared(idx)[0], adapted, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(prepared.transformer.h[0].attn.c_attn.weight,
+                                  model.transformer.h[0].attn.c_attn.weight, atol=1e-3)
 
 
 class DoubleResidualBlock(Block):
