@@ -139,7 +139,7 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="precision of the weights and activations while decoding (on a "
                         "CPU the KV cache stays float32); auto: bf16 where decoding runs faster "
-                        "in it (GPUs with bf16; CPUs with bf16 units or AVX2/AVX-512; "
+                        "in it (GPUs with bf16; CPUs with bf16 units or AVX2 only; "
                         "samples differ from float32 ones), else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,

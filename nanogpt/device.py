@@ -71,19 +71,20 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-CPU_BF16_GEMV_CAPABILITIES = ("AVX2", "AVX512")
-"""torch's CPU kernels (torch.backends.cpu.get_cpu_capability()) under which a bf16
-matrix-vector product converts bf16 to float32 in vector registers: it reads half the bytes of
-a float32 one and runs faster where the weights come from memory (decoding)."""
+CPU_BF16_GEMV_CAPABILITIES = ("AVX2",)
+"""torch's CPU kernels (torch.backends.cpu.get_cpu_capability()) under which a one-row bf16
+product runs torch's own matrix-vector kernel, which converts bf16 to float32 in vector
+registers: it reads half the bytes of a float32 one and runs faster where the weights come
+from memory (decoding). Not AVX512: on AVX-512 CPUs without bf16 units torch hands bf16
+products to oneDNN's bf16 emulation instead, which nobody has measured here."""
 
 
 def cpu_decodes_bf16_faster() -> bool:
     """True when one-token decoding runs faster in bf16 than in float32 on this CPU: where it
-    has bf16 units (cpu_has_fast_bf16), and on x86 CPUs without them whose torch kernels are
-    AVX2 or AVX-512 (CPU_BF16_GEMV_CAPABILITIES). On a 2-core AVX2-only EPYC, a baby-GPT
-    decode step took 3.0 ms in bf16 against 4.5-5.9 in float32 with oneDNN-packed weights
-    (README, Sampling). Elsewhere (ARM, older x86) float32, which is what was measured there:
-    nothing."""
+    has bf16 units (cpu_has_fast_bf16), and on AVX2 CPUs without AVX-512
+    (CPU_BF16_GEMV_CAPABILITIES). On a 2-core AVX2-only EPYC, a baby-GPT decode step took
+    3.0 ms in bf16 against 4.5-5.9 in float32 with oneDNN-packed weights (README, Sampling).
+    Elsewhere (AVX-512 without bf16 units, ARM, older x86) float32: unmeasured there."""
     if cpu_has_fast_bf16():
         return True
     return torch.backends.cpu.get_cpu_capability() in CPU_BF16_GEMV_CAPABILITIES

@@ -5,7 +5,7 @@ Decoding one token reads every weight for a single row of activations, so its ti
 matrix-vector products and to the fixed cost of each operation. What made it faster (baby GPT,
 batch 1, 2-core AVX512-BF16 EPYC; README, Sampling):
 - weights and activations in bf16 where the device has bf16 units: half the bytes to read;
-  on x86 CPUs without them (AVX2, AVX-512), one-row products in bf16 too (GemvLinear: torch's
+  on AVX2 CPUs without them, one-row products in bf16 too (GemvLinear: torch's
   matrix-vector kernel converts in registers; a baby-GPT token 1.5x faster than float32 on a
   2-core AVX2-only EPYC), passes over several rows in float32;
 - on a CPU, each Linear weight reordered once by oneDNN (torch's own CPU kernel library,
@@ -45,8 +45,8 @@ DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 def decode_dtype(model: GPT, requested: str = "auto") -> str:
     """'auto': the model's own dtype when that is not float32 (it was converted on purpose),
     else the fastest the device decodes in (device.resolve_decode_dtype: bf16 on GPUs that
-    have it, float16 on older GPUs; on a CPU bf16 where it has bf16 units or AVX2/AVX-512
-    kernels, float32 elsewhere). An explicit dtype is checked to work there."""
+    have it, float16 on older GPUs; on a CPU bf16 where it has bf16 units or AVX2 kernels
+    (not AVX-512), float32 elsewhere). An explicit dtype is checked to work there."""
     if requested not in DECODE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {requested!r}")
     weight = next(model.parameters())
