@@ -3,9 +3,12 @@
     python benchmarks/sample_cli_speed.py                       # this checkout
     python benchmarks/sample_cli_speed.py --checkouts . ../nanogpt-main --repeats 5
     python benchmarks/sample_cli_speed.py -- --dtype float32    # sample.py --dtype float32
-    NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py    # as on a CPU without bf16 units
+    NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py    # no bf16 units: on an AVX-512
+                                                # machine auto is then float32
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
-        NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py   # closer still: AVX2 kernels
+        NANOGPT_CPU_BF16=0 python benchmarks/sample_cli_speed.py   # as on an AVX2-only CPU:
+                                                # auto is bf16 through inference.GemvLinear
+The header names this CPU's bf16 flags, torch's kernels and what auto decodes in here.
 
 A baby GPT with random weights (6 layers, 6 heads, 384 wide, block 256, Tiny Shakespeare's
 65 characters) is saved once; then each checkout's sample.py code (nanogpt.cli.sample_main,

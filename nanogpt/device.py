@@ -77,17 +77,26 @@ product runs torch's own matrix-vector kernel, which converts bf16 to float32 in
 registers: it reads half the bytes of a float32 one and runs faster where the weights come
 from memory (decoding). Not AVX512: on AVX-512 CPUs without bf16 units torch hands bf16
 products to oneDNN's bf16 emulation instead, which nobody has measured here."""
+BF16_GEMV_MIN_TORCH = "2.13"
+"""The torch measured with that kernel (x86 got it in 2.6, pytorch#139208; older torch runs a
+generic bf16 loop, unmeasured): older torch keeps float32 decoding."""
+
+
+def cpu_bf16_gemv() -> bool:
+    """True on a CPU without bf16 units where one-row bf16 products are fast (AVX2 kernels,
+    torch >= BF16_GEMV_MIN_TORCH): decoding there is bf16 through inference.GemvLinear."""
+    return (not cpu_has_fast_bf16()
+            and torch.backends.cpu.get_cpu_capability() in CPU_BF16_GEMV_CAPABILITIES
+            and torch.torch_version.TorchVersion(torch.__version__) >= BF16_GEMV_MIN_TORCH)
 
 
 def cpu_decodes_bf16_faster() -> bool:
     """True when one-token decoding runs faster in bf16 than in float32 on this CPU: where it
-    has bf16 units (cpu_has_fast_bf16), and on AVX2 CPUs without AVX-512
-    (CPU_BF16_GEMV_CAPABILITIES). On a 2-core AVX2-only EPYC, a baby-GPT decode step took
-    3.0 ms in bf16 against 4.5-5.9 in float32 with oneDNN-packed weights (README, Sampling).
-    Elsewhere (AVX-512 without bf16 units, ARM, older x86) float32: unmeasured there."""
-    if cpu_has_fast_bf16():
-        return True
-    return torch.backends.cpu.get_cpu_capability() in CPU_BF16_GEMV_CAPABILITIES
+    has bf16 units (cpu_has_fast_bf16), and where cpu_bf16_gemv. On a 2-core AVX2-only EPYC,
+    a baby-GPT decode step took 3.0 ms in bf16 against 4.5-5.9 in float32 with oneDNN-packed
+    weights (README, Sampling). Elsewhere (AVX-512 without bf16 units, ARM, older x86, older
+    torch) float32: unmeasured there."""
+    return cpu_has_fast_bf16() or cpu_bf16_gemv()
 
 
 def resolve_dtype(requested: str, device: str, purpose: str = "training") -> str:

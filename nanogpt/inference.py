@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.device import PTDTYPE, cpu_has_fast_bf16, resolve_decode_dtype
+from nanogpt import device
+from nanogpt.device import PTDTYPE, resolve_decode_dtype
 from nanogpt.lora import merge_adapters
 from nanogpt.model import GPT
 
@@ -80,9 +81,10 @@ def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
 
 
 def cpu_linear_kind(dtype: torch.dtype) -> type[nn.Module] | None:
-    """What a CPU decodes each nn.Linear of dtype with: GemvLinear for bf16 on a CPU without
-    bf16 units, else PackedLinear where oneDNN packs dtype, else None (nn.Linear as it is)."""
-    if dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+    """What a CPU decodes each nn.Linear of dtype with: GemvLinear for bf16 where
+    device.cpu_bf16_gemv (AVX2, no bf16 units), else PackedLinear where oneDNN packs dtype,
+    else None (nn.Linear as it is)."""
+    if dtype == torch.bfloat16 and device.cpu_bf16_gemv():
         return GemvLinear
     return PackedLinear if onednn_packing_works(dtype) else None
 
@@ -132,7 +134,7 @@ class PackedLinear(nn.Module):
 
 
 class GemvLinear(nn.Module):
-    """An inference-only bf16 nn.Linear for a CPU without bf16 units (AVX2, say).
+    """An inference-only bf16 nn.Linear for an AVX2 CPU without bf16 units.
 
     One row of input (a decoded token) multiplies the bf16 weight through torch's
     matrix-vector kernel, which converts bf16 to float32 in registers: it reads half the bytes

@@ -158,6 +158,12 @@ def test_decoding_takes_bf16_where_the_cpu_decodes_faster_in_it(monkeypatch, bf1
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: bf16_units)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
     assert device.resolve_decode_dtype("auto", "cpu") == expected
+    monkeypatch.setattr(torch, "__version__", "2.12.1+cpu")  # before the torch measured
+    assert device.resolve_decode_dtype("auto", "cpu") == ("bfloat16" if bf16_units else
+                                                           "float32")
+    monkeypatch.undo()
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: bf16_units)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
     assert device.resolve_dtype("auto", "cpu") == ("bfloat16" if bf16_units else "float32")
     assert device.resolve_decode_dtype("float32", "cpu") == "float32"
     model = tiny_gpt().train()
@@ -186,10 +192,15 @@ def test_a_model_prepared_in_float32_computes_what_the_model_does(monkeypatch, p
                                    atol=1e-5)
 
 
+def avx2_without_bf16_units(monkeypatch) -> None:
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+
+
 @pytest.mark.parametrize("packing", [True, False])
 def test_bf16_without_bf16_units_multiplies_one_row_in_bf16_and_more_in_float32(monkeypatch,
                                                                                 packing):
-    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    avx2_without_bf16_units(monkeypatch)
     monkeypatch.setattr(inference, "onednn_packing_works", lambda dtype: packing)
     model = tiny_gpt(n_embd=32).eval()
     prepared = inference.for_decoding(model, "bfloat16")
@@ -206,7 +217,11 @@ def test_bf16_without_bf16_units_multiplies_one_row_in_bf16_and_more_in_float32(
         many = layer(x)  # several rows: float32 on the same bf16 weights, rounded to bf16
         want = F.linear(x.float(), weight.float(), bias.float())
         assert many.dtype == torch.bfloat16
-        torch.testing.assert_close(many.float(), want, rtol=1e-2, atol=1e-2)
+        assert (layer.packed32 is not None) == packing and (layer.weight32 is None) == packing
+        if packing:  # oneDNN's float32 sums, in its own order: at most one bf16 step off
+            torch.testing.assert_close(many, want.bfloat16(), rtol=2 ** -7, atol=1e-6)
+        else:
+            assert torch.equal(many, want.bfloat16())
         torch.testing.assert_close(many[:1, :1], one, rtol=1e-2, atol=1e-2)  # same function
     assert model.transformer.h[0].mlp.c_fc is dense and dense.weight.dtype == torch.float32
 
@@ -219,9 +234,12 @@ def test_onednn_packing_check_leaves_the_global_rng_alone(monkeypatch):
     assert torch.equal(torch.get_rng_state(), state)
 
 
-@pytest.mark.parametrize("bf16_units", [True, False])
-def test_bf16_decoding_is_close_to_float32_and_cached_equals_uncached(monkeypatch, bf16_units):
-    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: bf16_units)  # GemvLinear or not
+@pytest.mark.parametrize("gemv", [True, False])
+def test_bf16_decoding_is_close_to_float32_and_cached_equals_uncached(monkeypatch, gemv):
+    if gemv:
+        avx2_without_bf16_units(monkeypatch)
+    else:  # plain bf16 Linear (or oneDNN-packed, where this CPU packs bf16)
+        monkeypatch.setattr(device, "cpu_bf16_gemv", lambda: False)
     model = tiny_gpt(vocab_size=11).eval()
     with torch.no_grad():  # peaked logits: greedy never hinges on rounding
         for p in model.parameters():
@@ -233,10 +251,13 @@ def test_bf16_decoding_is_close_to_float32_and_cached_equals_uncached(monkeypatc
         got, _ = inference.for_decoding(model, "bfloat16")(idx)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05 * want.abs().max().item())
-    runs = [torch.stack(list(generate_tokens(model, idx, 40, temperature=0.0, dtype=dtype,
-                                             use_cache=cache)), 1)
-            for dtype in ("float32", "bfloat16") for cache in (True, False)]
-    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[2], runs[3])
+    kinds = {type(m).__name__ for m in inference.for_decoding(model, "bfloat16").modules()}
+    assert ("GemvLinear" in kinds) == gemv
+    for rows in (idx, idx[:1]):  # a batch, and one row (GemvLinear's bf16 product)
+        runs = [torch.stack(list(generate_tokens(model, rows, 40, temperature=0.0, dtype=dtype,
+                                                 use_cache=cache)), 1)
+                for dtype in ("float32", "bfloat16") for cache in (True, False)]
+        assert torch.equal(runs[0], runs[1]) and torch.equal(runs[2], runs[3])
 
 
 def test_bad_decode_dtype_is_a_user_error():

@@ -94,8 +94,9 @@ def test_flat_step_runs_lora_adapters(monkeypatch):
     assert torch.equal(torch.get_rng_state(), state)  # merging draws no random init
     assert not any("lora" in name for name, _ in prepared.named_parameters())  # merged
     idx = torch.randint(0, 23, (1, 4), generator=torch.Generator().manual_seed(1))
-    want, got = logits_both_ways(prepared, idx, steps=3)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for decoded in (prepared, model.eval()):  # merged; and adapters run by their own forward
+        want, got = logits_both_ways(decoded, idx, steps=3)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the adapted function, not the base model's
         adapted, _ = model(idx)
         torch.testing.assert_close(prepared(idx)[0], adapted, rtol=1e-5, atol=1e-5)

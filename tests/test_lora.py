@@ -286,7 +286,7 @@ def test_lora_on_gpt2_then_sample_and_export_merged(tmp_path, shakespeare_text):
                                       "--max_new_tokens=8", "--temperature=0"])
     assert result.returncode == 0, result.stderr
     prompt = torch.tensor([tok.encode("ROMEO:")])
-    greedy = model.generate(prompt, 8, temperature=0.0)[0].tolist()
+    greedy = model.generate(prompt, 8, temperature=0.0, dtype="float32")[0].tolist()
     assert result.stdout.split("\n---------------\n")[0] == tok.decode(greedy)
 
     result = run_script("export.py", ["--out_dir", str(out), "--to", str(tmp_path / "hf")])
