@@ -30,7 +30,7 @@ def measure(job: dict) -> dict:
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
-    model = for_decoding(GPT(GPTConfig(**job["model"])), job["dtype"])
+    model = for_decoding(GPT(GPTConfig(**job["model"])), job["dtype"], job["batch_size"])
     idx = torch.randint(0, job["model"]["vocab_size"], (job["batch_size"], job["prompt_len"]))
     kw = dict(temperature=0.0, use_cache=job["use_cache"], context_shift=job["shift"])
     list(generate_tokens(model, idx, 8, **kw))  # warm-up

@@ -139,8 +139,8 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="precision of the weights and activations while decoding (on a "
                         "CPU the KV cache stays float32); auto: bf16 where decoding runs faster "
-                        "in it (GPUs with bf16; CPUs with bf16 units or AVX2 only; "
-                        "samples differ from float32 ones), else float32")
+                        "in it (GPUs with bf16; CPUs with bf16 units; AVX2-only CPUs for one "
+                        "sample; samples differ from float32 ones), else float32")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache")
     p.add_argument("--context_shift", type=int, default=None,
                    help="past block_size, drop this many oldest tokens at once (1: nanoGPT's "
@@ -199,7 +199,7 @@ def _sample(argv: list[str]) -> int:
     from nanogpt.tokenizer import default_prompt
 
     device = resolve_device(args.device)
-    dtype = resolve_decode_dtype(args.dtype, device)  # before loading gigabytes
+    dtype = resolve_decode_dtype(args.dtype, device, args.num_samples)  # before loading
     if args.init_from == "resume":
         model, tokenizer = load_model(args.out_dir, device)
     else:

@@ -90,13 +90,15 @@ def cpu_bf16_gemv() -> bool:
             and torch.torch_version.TorchVersion(torch.__version__) >= BF16_GEMV_MIN_TORCH)
 
 
-def cpu_decodes_bf16_faster() -> bool:
-    """True when one-token decoding runs faster in bf16 than in float32 on this CPU: where it
-    has bf16 units (cpu_has_fast_bf16), and where cpu_bf16_gemv. On a 2-core AVX2-only EPYC,
-    a baby-GPT decode step took 3.0 ms in bf16 against 4.5-5.9 in float32 with oneDNN-packed
-    weights (README, Sampling). Elsewhere (AVX-512 without bf16 units, ARM, older x86, older
-    torch) float32: unmeasured there."""
-    return cpu_has_fast_bf16() or cpu_bf16_gemv()
+def cpu_decodes_bf16_faster(batch_size: int = 1) -> bool:
+    """True when decoding batch_size rows at a time runs faster in bf16 than in float32 on
+    this CPU: where it has bf16 units (cpu_has_fast_bf16), and for one row where
+    cpu_bf16_gemv. On a 2-core AVX2-only EPYC, a baby-GPT decode step took 3.0 ms in bf16
+    against 4.5-5.9 in float32 with oneDNN-packed weights (README, Sampling); several rows
+    multiply in float32 there anyway (inference.GemvLinear), so bf16 only adds casts and
+    slower bf16 element-wise ops (sample.py's 10 samples: 0.84x). Elsewhere (AVX-512 without
+    bf16 units, ARM, older x86, older torch) float32: unmeasured there."""
+    return cpu_has_fast_bf16() or (batch_size == 1 and cpu_bf16_gemv())
 
 
 def resolve_dtype(requested: str, device: str, purpose: str = "training") -> str:
@@ -118,10 +120,12 @@ def resolve_dtype(requested: str, device: str, purpose: str = "training") -> str
     return requested
 
 
-def resolve_decode_dtype(requested: str, device: str) -> str:
-    """resolve_dtype for decoding: on a CPU, 'auto' is bf16 wherever decoding runs faster in
-    it (cpu_decodes_bf16_faster), which includes CPUs whose training 'auto' is float32."""
-    if requested == "auto" and device.split(":")[0] == "cpu" and cpu_decodes_bf16_faster():
+def resolve_decode_dtype(requested: str, device: str, batch_size: int = 1) -> str:
+    """resolve_dtype for decoding batch_size rows at a time: on a CPU, 'auto' is bf16 wherever
+    that runs faster (cpu_decodes_bf16_faster), which includes CPUs whose training 'auto' is
+    float32."""
+    if requested == "auto" and device.split(":")[0] == "cpu" and \
+            cpu_decodes_bf16_faster(batch_size):
         return "bfloat16"
     return resolve_dtype(requested, device, "sampling")
 

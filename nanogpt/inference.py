@@ -43,30 +43,32 @@ from nanogpt.model import GPT
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def decode_dtype(model: GPT, requested: str = "auto") -> str:
+def decode_dtype(model: GPT, requested: str = "auto", batch_size: int = 1) -> str:
     """'auto': the model's own dtype when that is not float32 (it was converted on purpose),
-    else the fastest the device decodes in (device.resolve_decode_dtype: bf16 on GPUs that
-    have it, float16 on older GPUs; on a CPU bf16 where it has bf16 units or AVX2 kernels
-    (not AVX-512), float32 elsewhere). An explicit dtype is checked to work there."""
+    else the fastest the device decodes batch_size rows in (device.resolve_decode_dtype: bf16
+    on GPUs that have it, float16 on older GPUs; on a CPU bf16 where it has bf16 units, or for
+    one row where its kernels are AVX2 (not AVX-512); float32 elsewhere). An explicit dtype is
+    checked to work there."""
     if requested not in DECODE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {requested!r}")
     weight = next(model.parameters())
     if requested == "auto" and weight.dtype != torch.float32:
         return str(weight.dtype).removeprefix("torch.")
-    return resolve_decode_dtype(requested, str(weight.device))
+    return resolve_decode_dtype(requested, str(weight.device), batch_size)
 
 
-def for_decoding(model: GPT, dtype: str = "auto") -> GPT:
-    """model prepared for decoding in dtype (see decode_dtype): model itself when it already
-    is, else an eval-mode copy with weights in dtype, LoRA adapters merged into their weights
-    and, on a CPU, Linear layers laid out for decoding (cpu_linear_kind)."""
+def for_decoding(model: GPT, dtype: str = "auto", batch_size: int = 1) -> GPT:
+    """model prepared for decoding batch_size rows at a time in dtype (see decode_dtype):
+    model itself when it already is, else an eval-mode copy with weights in dtype, LoRA
+    adapters merged into their weights and, on a CPU, Linear layers laid out for decoding
+    (cpu_linear_kind)."""
     prepared = getattr(model, "prepared_for_decoding", None)
     if prepared is not None:
         if dtype in ("auto", prepared):
             return model
         raise ValueError(f"this model was prepared for decoding in {prepared}; to decode in "
                          f"{dtype}, pass the model it was made from")
-    dtype = decode_dtype(model, dtype)
+    dtype = decode_dtype(model, dtype, batch_size)
     prepared = _copy_in(model, PTDTYPE[dtype]).eval()
     merge_adapters(prepared).requires_grad_(False)  # then decoded like any Linear below
     cpu_linear = cpu_linear_kind(PTDTYPE[dtype]) \

@@ -119,8 +119,9 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     """Iterator of max_new_tokens next-token tensors (B,), continuing the prompts idx (B, T).
 
     Randomness comes from generator, or a new one seeded with seed, or else torch's global
-    RNG. dtype is the decoding precision: 'auto' takes bf16 where the device decodes faster
-    in it (samples then differ from float32 ones; see nanogpt.inference), else float32. Options are
+    RNG. dtype is the decoding precision: 'auto' takes bf16 where the device decodes this
+    batch faster in it (samples then differ from float32 ones; see nanogpt.inference), else
+    float32. Options are
     checked now; decoding runs in eval mode, on a copy of the model where the dtype or a CPU
     asks for one (nanogpt.inference.for_decoding).
     """
@@ -141,7 +142,8 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     def pick(logits: torch.Tensor) -> torch.Tensor:
         return sample_next(logits, temperature, top_k, top_p, generator)
 
-    return _decode_loop(for_decoding(model, dtype), idx, max_new_tokens, pick, use_cache, shift)
+    model = for_decoding(model, dtype, batch_size=idx.size(0))
+    return _decode_loop(model, idx, max_new_tokens, pick, use_cache, shift)
 
 
 @torch.no_grad()  # not inference_mode: its tokens could never enter autograd afterwards

@@ -158,6 +158,9 @@ def test_decoding_takes_bf16_where_the_cpu_decodes_faster_in_it(monkeypatch, bf1
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: bf16_units)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
     assert device.resolve_decode_dtype("auto", "cpu") == expected
+    batched = "bfloat16" if bf16_units else "float32"  # several rows: bf16 only with units
+    assert device.resolve_decode_dtype("auto", "cpu", batch_size=4) == batched
+    assert inference.decode_dtype(tiny_gpt(), "auto", batch_size=4) == batched
     monkeypatch.setattr(torch, "__version__", "2.12.1+cpu")  # before the torch measured
     assert device.resolve_decode_dtype("auto", "cpu") == ("bfloat16" if bf16_units else
                                                            "float32")
