@@ -18,7 +18,11 @@ Decoding keeps torch's threads (one per core): on one thread it ran 15-20% slowe
 What did not pay: torch.compile of the decode step (inductor with frozen weights) took 25 s
 to compile and then ran slower (5.8-6.5 ms per token against 2.1-2.5); fewer small
 operations still (one KV-cache copy instead of two, fewer views) changed a token's time by
-1-4%: what is left is mostly reading the weights and the keys from memory.
+1-4%: what is left is mostly reading the weights and the keys from memory. On the AVX2-only
+EPYC, one-row bf16 products through F.embedding_bag (fbgemm's kernel, the transposed weight
+as its table, the input as per-row weights) ran 1.6x faster than F.linear on one weight held
+in cache, but 0.72-0.98x on weights streamed from memory, and decoding with it was slower
+(3.2-3.4 ms a token against 2.9-3.0).
 
 bf16 changes the numbers: logits differ from float32 ones by about 1% (bf16 keeps 8 bits of
 mantissa), so bf16 samples differ from float32 samples after a near-tie. dtype='float32' gives
