@@ -54,17 +54,28 @@ def decode_step(model: GPT) -> Step:
     when it computes what model's forward computes, else model's forward itself.
 
     A model whose classes were subclassed or swapped, or whose code was edited (a changed
-    model.py), decodes through its own forward: checked at each call, on two rows of a few
-    tokens, by comparing the two paths' logits to the rounding of the model's dtype (a flat
-    step that cannot even run on the model counts as disagreeing). A change that shows only
-    past those tokens, or below that rounding, is not caught: sampling then runs this module's
-    GPT, not yours.
+    model.py), decodes through its own forward: checked on two rows of a few tokens, by
+    comparing the two paths' logits to the rounding of the model's dtype (a flat step that
+    cannot even run on the model counts as disagreeing). A change that shows only past those
+    tokens, or below that rounding, is not caught: sampling then runs this module's GPT, not
+    yours. The check (tens of milliseconds: most of a short generation's time) runs once per
+    process for each _code_key: models of the same classes, methods, settings and dtype get
+    the same answer.
     """
+    key = _code_key(model)
+    same = _VERDICTS.get(key) if key is not None else None
+    flat = None
     try:
-        flat = DecodeStep(model) if _is_library_gpt(model) else None
-        same = flat is not None and _agrees(model, flat)
+        if same is not False and _is_library_gpt(model):
+            flat = DecodeStep(model)
+            same = same or _agrees(model, flat)
     except Exception:  # noqa: BLE001 -- e.g. an edited module lost a field this reads
         same = False
+    same = bool(same and flat is not None)
+    if key is not None:
+        if len(_VERDICTS) >= 64:
+            _VERDICTS.clear()
+        _VERDICTS[key] = same
     if not same:
         log.info("sampling: this model's forward is not nanogpt's (changed or subclassed); "
                  "decoding through it, without the flat decode step")
@@ -78,6 +89,38 @@ def forward_step(model: GPT) -> Step:
         logits, _ = model(idx, kv_caches=caches, start_pos=start_pos)
         return logits[:, -1, :]
     return step
+
+
+_VERDICTS: dict[tuple, bool] = {}
+"""_code_key -> whether DecodeStep computes what the model's forward does."""
+
+
+def _code_key(model: GPT) -> tuple | None:
+    """What the flat step's agreement with model's forward depends on, but for the weights:
+    each module's class, the functions in that class as they are now (a patched method is
+    another function), a forward set on the module itself, the module's plain settings
+    (n_head, eps, approximate, ...), nanogpt.model's functions and classes, the config, and
+    the parameters' dtypes and device. The key holds these objects, so none of them is freed
+    and its id reused. None if something in it cannot be a key: then the check runs each
+    time."""
+    import nanogpt.model as model_module  # this module's own imports are bound at import
+
+    modules = list(model.modules())
+    classes = tuple(dict.fromkeys(type(m) for m in modules))
+    settings = (int, float, str, bool, type(None))
+    key = (tuple(type(m) for m in modules),
+           tuple(tuple(v for v in vars(c).values() if callable(v)) for c in classes),
+           tuple(m.__dict__.get("forward") for m in modules),
+           tuple(tuple((k, v) for k, v in vars(m).items() if isinstance(v, settings))
+                 for m in modules),
+           tuple(v for v in vars(model_module).values() if callable(v)),
+           tuple(sorted(vars(model.config).items())),
+           tuple(sorted({(str(t.dtype), t.device.type) for t in model.parameters()})))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _is_library_gpt(model: GPT) -> bool:

@@ -82,6 +82,7 @@ def for_decoding(model: GPT, dtype: str = "auto", batch_size: int = 1) -> GPT:
             for name, child in list(module.named_children()):
                 if type(child) is nn.Linear:  # the small head too: it ran faster packed
                     setattr(module, name, cpu_linear(child))
+    prepared.eval()  # the new layers too
     prepared.prepared_for_decoding = dtype
     return prepared
 
@@ -149,26 +150,36 @@ class GemvLinear(nn.Module):
     torch's bf16 matrix-matrix kernel there costs about one matrix-vector product per row
     (a 193-token prompt of the baby GPT: 263 ms against 49 in float32; 2-core AVX2 EPYC).
     Either way the input is bf16, products add up in float32 and the output is rounded to
-    bf16, so the two differ only in the order of the float32 sums."""
+    bf16, so the two differ only in the order of the float32 sums.
+
+    The float32 copy is made at the first pass over several rows: decoding that never makes
+    one (a one-token prompt, within the block) costs no time packing it and half the memory."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
-        weight = linear.weight.detach().float()
-        self.bias32 = None if linear.bias is None else linear.bias.detach().float()
-        self.packed32 = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_FOR_ROWS) \
-            if onednn_packing_works(torch.float32) else None
-        self.weight32 = weight if self.packed32 is None else None
+        self.bias32 = self.packed32 = self.weight32 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() <= GEMV_MAX_ROWS * x.size(-1):
             return F.linear(x, self.weight, self.bias)
+        if self.packed32 is None and self.weight32 is None:
+            self._make_float32_copy()
         if self.packed32 is None:
             y = F.linear(x.float(), self.weight32, self.bias32)
         else:
             y = torch.ops.mkldnn._linear_pointwise.default(x.float(), self.packed32,
                                                            self.bias32, "none", [], "")
         return y.to(x.dtype)
+
+
+    def _make_float32_copy(self) -> None:
+        weight = self.weight.detach().float()
+        self.bias32 = None if self.bias is None else self.bias.detach().float()
+        if onednn_packing_works(torch.float32):
+            self.packed32 = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_FOR_ROWS)
+        else:
+            self.weight32 = weight
 
 
 GEMV_MAX_ROWS = 1

@@ -217,6 +217,7 @@ def test_bf16_without_bf16_units_multiplies_one_row_in_bf16_and_more_in_float32(
     with torch.no_grad():
         one = layer(x[:1, :1])  # one row: the bf16 matrix-vector product itself
         assert torch.equal(one, F.linear(x[:1, :1], weight, bias))
+        assert layer.packed32 is None and layer.weight32 is None  # no float32 copy yet
         many = layer(x)  # several rows: float32 on the same bf16 weights, rounded to bf16
         want = F.linear(x.float(), weight.float(), bias.float())
         assert many.dtype == torch.bfloat16

@@ -148,6 +148,59 @@ def test_a_changed_model_decodes_through_its_own_forward(monkeypatch, change):
     assert torch.equal(got, greedy_by_forward(model, idx, 20)[:, 3:])
 
 
+def count_checks(monkeypatch) -> list[int]:
+    """A fresh cache of the agreement check's answers, and a list that grows by one per check."""
+    monkeypatch.setattr(ds, "_VERDICTS", {})
+    calls, agrees = [], ds._agrees
+    monkeypatch.setattr(ds, "_agrees", lambda *a: calls.append(1) or agrees(*a))
+    return calls
+
+
+def test_the_agreement_check_runs_once_for_models_of_the_same_code(monkeypatch):
+    calls = count_checks(monkeypatch)
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    for seed in (0, 0, 1):  # the same model twice, then another one of the same config
+        model = tiny_gpt(seed, vocab_size=23).eval()
+        list(generate_tokens(model, idx, 2, temperature=0.0, dtype="float32"))
+        assert isinstance(ds.decode_step(inference.for_decoding(model, "float32")),
+                          ds.DecodeStep)
+    assert len(calls) == 1
+    list(generate_tokens(model, idx, 2, temperature=0.0, dtype="bfloat16"))  # another dtype
+    list(generate_tokens(tiny_gpt(vocab_size=23, n_head=4).eval(), idx, 2, dtype="float32"))
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("change", ["patched class method", "forward set on one module",
+                                    "patched function of nanogpt.model"])
+def test_a_change_after_a_first_check_is_checked_again(monkeypatch, change):
+    """The answer is kept per code: a method patched later (a notebook's experiment) is a new
+    question, and the model then decodes through its own forward."""
+    calls = count_checks(monkeypatch)
+    model = tiny_gpt(vocab_size=23, block_size=32).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)  # peaked logits: greedy never hinges on rounding
+    idx = torch.randint(0, 23, (1, 3), generator=torch.Generator().manual_seed(2))
+    list(generate_tokens(model, idx, 2, temperature=0.0, dtype="float32"))
+    assert len(calls) == 1
+    if change == "patched class method":
+        monkeypatch.setattr(MLP, "forward", lambda self, x: self.c_proj(torch.tanh(self.c_fc(x))))
+    elif change == "forward set on one module":
+        mlp = model.transformer.h[1].mlp
+        mlp.forward = lambda x: mlp.c_proj(torch.tanh(mlp.c_fc(x)))
+    else:
+        import nanogpt.model
+
+        monkeypatch.setattr(nanogpt.model, "soft_cap", lambda logits, cap: 2 * logits)
+    assert not isinstance(ds.decode_step(inference.for_decoding(model, "float32")),
+                          ds.DecodeStep)
+    assert len(calls) == 2
+    got = torch.stack(list(generate_tokens(model, idx, 20, temperature=0.0, dtype="float32")),
+                      dim=1)
+    assert torch.equal(got, greedy_by_forward(model, idx, 20)[:, 3:])
+
+
 def test_a_model_prepared_in_one_dtype_is_not_silently_decoded_in_another():
     prepared = inference.for_decoding(tiny_gpt(), "bfloat16")
     assert inference.for_decoding(prepared, "auto") is prepared
