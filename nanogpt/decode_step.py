@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.modules.module as _module
 from torch.nn import functional as F
 
 from nanogpt.inference import PackedLinear, kv_cache_dtype, onednn_fusion_works
@@ -59,20 +60,23 @@ def decode_step(model: GPT) -> Step:
     cannot even run on the model counts as disagreeing). A change that shows only past those
     tokens, or below that rounding, is not caught: sampling then runs this module's GPT, not
     yours. The check (tens of milliseconds: most of a short generation's time) runs once per
-    process for each _code_key: models of the same classes, methods, settings and dtype get
-    the same answer.
+    process for each _code_key: a later change to what the key holds (a patched method) is
+    checked again; a model with hooks or a method set on a module is checked every time.
     """
     key = _code_key(model)
     same = _VERDICTS.get(key) if key is not None else None
-    flat = None
+    flat, settled = None, True  # settled: an answer to keep (not a passing failure)
     try:
         if same is not False and _is_library_gpt(model):
             flat = DecodeStep(model)
-            same = same or _agrees(model, flat)
+            if same is None:
+                settled = False
+                same = _agrees(model, flat)
+                settled = True
     except Exception:  # noqa: BLE001 -- e.g. an edited module lost a field this reads
         same = False
     same = bool(same and flat is not None)
-    if key is not None:
+    if key is not None and settled:
         if len(_VERDICTS) >= 64:
             _VERDICTS.clear()
         _VERDICTS[key] = same
@@ -98,27 +102,31 @@ _VERDICTS: dict[tuple, bool] = {}
 def _code_key(model: GPT) -> tuple | None:
     """What the flat step's agreement with model's forward depends on, but for the weights:
     each module's class, the functions in that class as they are now (a patched method is
-    another function), a forward set on the module itself, the module's plain settings
-    (n_head, eps, approximate, ...), nanogpt.model's functions and classes, the config, and
-    the parameters' dtypes and device. The key holds these objects, so none of them is freed
-    and its id reused. None if something in it cannot be a key: then the check runs each
-    time."""
+    another function), the module's plain settings (n_head, eps, approximate, ...),
+    nanogpt.model's functions and classes, the config, and the parameters' dtypes and device.
+    The key holds these objects, so none of them is freed and its id reused. None (check every
+    time) where that is not the whole story: a module with forward hooks (or global ones), a
+    callable set on a module itself (its own forward, say; a key holding it would also keep
+    each prepared copy alive), or anything that cannot be part of a key."""
     import nanogpt.model as model_module  # this module's own imports are bound at import
 
-    modules = list(model.modules())
-    classes = tuple(dict.fromkeys(type(m) for m in modules))
     settings = (int, float, str, bool, type(None))
-    key = (tuple(type(m) for m in modules),
-           tuple(tuple(v for v in vars(c).values() if callable(v)) for c in classes),
-           tuple(m.__dict__.get("forward") for m in modules),
-           tuple(tuple((k, v) for k, v in vars(m).items() if isinstance(v, settings))
-                 for m in modules),
-           tuple(v for v in vars(model_module).values() if callable(v)),
-           tuple(sorted(vars(model.config).items())),
-           tuple(sorted({(str(t.dtype), t.device.type) for t in model.parameters()})))
     try:
+        modules = list(model.modules())
+        if any(m._forward_hooks or m._forward_pre_hooks for m in modules) or \
+                _module._global_forward_hooks or _module._global_forward_pre_hooks or \
+                any(callable(v) for m in modules for v in vars(m).values()):
+            return None
+        classes = tuple(dict.fromkeys(type(m) for m in modules))
+        key = (tuple(type(m) for m in modules),
+               tuple(tuple(v for v in vars(c).values() if callable(v)) for c in classes),
+               tuple(tuple((k, v) for k, v in vars(m).items() if isinstance(v, settings))
+                     for m in modules),
+               tuple(v for v in vars(model_module).values() if callable(v)),
+               tuple(sorted(vars(model.config).items())),
+               tuple(sorted({(str(t.dtype), t.device.type) for t in model.parameters()})))
         hash(key)
-    except TypeError:
+    except Exception:  # noqa: BLE001 -- an unusual model (a config without __dict__, ...)
         return None
     return key
 

@@ -172,7 +172,6 @@ class GemvLinear(nn.Module):
                                                            self.bias32, "none", [], "")
         return y.to(x.dtype)
 
-
     def _make_float32_copy(self) -> None:
         weight = self.weight.detach().float()
         self.bias32 = None if self.bias is None else self.bias.detach().float()

@@ -29,6 +29,15 @@ def _restore_torch_state():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_decode_checks(monkeypatch):
+    """Each test asks afresh whether the flat decode step fits its model: answers kept from
+    another test (with other patches in force) would let it skip the check it tests."""
+    from nanogpt import decode_step
+
+    monkeypatch.setattr(decode_step, "_VERDICTS", {})
+
+
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
     return SHAKESPEARE.read_text(encoding="utf-8")

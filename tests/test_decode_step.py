@@ -149,8 +149,7 @@ def test_a_changed_model_decodes_through_its_own_forward(monkeypatch, change):
 
 
 def count_checks(monkeypatch) -> list[int]:
-    """A fresh cache of the agreement check's answers, and a list that grows by one per check."""
-    monkeypatch.setattr(ds, "_VERDICTS", {})
+    """A list that grows by one per agreement check (conftest empties their cache per test)."""
     calls, agrees = [], ds._agrees
     monkeypatch.setattr(ds, "_agrees", lambda *a: calls.append(1) or agrees(*a))
     return calls
@@ -171,7 +170,7 @@ def test_the_agreement_check_runs_once_for_models_of_the_same_code(monkeypatch):
 
 
 @pytest.mark.parametrize("change", ["patched class method", "forward set on one module",
-                                    "patched function of nanogpt.model"])
+                                    "patched function of nanogpt.model", "forward hook"])
 def test_a_change_after_a_first_check_is_checked_again(monkeypatch, change):
     """The answer is kept per code: a method patched later (a notebook's experiment) is a new
     question, and the model then decodes through its own forward."""
@@ -189,6 +188,8 @@ def test_a_change_after_a_first_check_is_checked_again(monkeypatch, change):
     elif change == "forward set on one module":
         mlp = model.transformer.h[1].mlp
         mlp.forward = lambda x: mlp.c_proj(torch.tanh(mlp.c_fc(x)))
+    elif change == "forward hook":  # e.g. steering: the hook's module output is changed
+        model.transformer.h[1].mlp.register_forward_hook(lambda module, args, out: -out)
     else:
         import nanogpt.model
 
@@ -199,6 +200,20 @@ def test_a_change_after_a_first_check_is_checked_again(monkeypatch, change):
     got = torch.stack(list(generate_tokens(model, idx, 20, temperature=0.0, dtype="float32")),
                       dim=1)
     assert torch.equal(got, greedy_by_forward(model, idx, 20)[:, 3:])
+
+
+def test_a_check_that_could_not_run_is_not_kept(monkeypatch):
+    """A passing failure (out of memory, say) decodes through the forward this once only."""
+    agrees = ds._agrees
+
+    def fails(model, flat):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(ds, "_agrees", fails)
+    model = inference.for_decoding(tiny_gpt(vocab_size=23).eval(), "float32")
+    assert not isinstance(ds.decode_step(model), ds.DecodeStep)
+    monkeypatch.setattr(ds, "_agrees", agrees)
+    assert isinstance(ds.decode_step(model), ds.DecodeStep)
 
 
 def test_a_model_prepared_in_one_dtype_is_not_silently_decoded_in_another():
