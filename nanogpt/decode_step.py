@@ -110,7 +110,7 @@ def _code_key(model: GPT) -> tuple | None:
     each prepared copy alive), or anything that cannot be part of a key."""
     import nanogpt.model as model_module  # this module's own imports are bound at import
 
-    settings = (int, float, str, bool, type(None))
+    settings = (int, float, str, bool)  # not None: GemvLinear's float32 copy, made later
     try:
         modules = list(model.modules())
         if any(m._forward_hooks or m._forward_pre_hooks for m in modules) or \
