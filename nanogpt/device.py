@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -63,12 +64,19 @@ def cpu_has_fast_bf16() -> bool:
     forced = os.environ.get("NANOGPT_CPU_BF16", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
+    return bool(_cpu_bf16_flags())
+
+
+@functools.cache
+def _cpu_bf16_flags() -> frozenset[str]:
+    """The bf16 flags of /proc/cpuinfo, read once per process: every generate call asks, and
+    on a machine of many cores the kernel takes milliseconds to write that file."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            words = set(f.read().split())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
+    return frozenset(words & {"amx_bf16", "avx512_bf16"})
 
 
 CPU_BF16_GEMV_CAPABILITIES = ("AVX2",)

@@ -42,7 +42,12 @@ def test_cpu_has_fast_bf16_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, exp
     monkeypatch.setattr(device, "open", lambda path, *a, **k: real_open(
         cpuinfo if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
     monkeypatch.delenv("NANOGPT_CPU_BF16", raising=False)
-    assert device.cpu_has_fast_bf16() is expected
+    device._cpu_bf16_flags.cache_clear()  # read once per process: read this file now
+    try:
+        assert device.cpu_has_fast_bf16() is expected
+        assert device.cpu_has_fast_bf16() is expected  # and kept
+    finally:
+        device._cpu_bf16_flags.cache_clear()  # the real file again for the tests after this
     monkeypatch.setenv("NANOGPT_CPU_BF16", "0" if expected else "1")  # runs as the other kind
     assert device.cpu_has_fast_bf16() is not expected
 
