@@ -69,8 +69,8 @@ def cpu_has_fast_bf16() -> bool:
 
 @functools.cache
 def _cpu_bf16_flags() -> frozenset[str]:
-    """The bf16 flags of /proc/cpuinfo, read once per process: every generate call asks, and
-    on a machine of many cores the kernel takes milliseconds to write that file."""
+    """The bf16 flags of /proc/cpuinfo, read once per process: every generate call asks, a
+    read took 56 us on 2 cores, and the file grows with the number of cores."""
     try:
         with open("/proc/cpuinfo") as f:
             words = set(f.read().split())
