@@ -64,7 +64,7 @@ def decode_step(model: GPT) -> Step:
     checked again; a model with hooks or a method set on a module is checked every time.
     """
     key = _code_key(model)
-    same = _VERDICTS.get(key) if key is not None else None
+    same = _VERDICTS.get(key)  # None: not asked yet, or no key
     flat, settled = None, True  # settled: an answer to keep (not a passing failure)
     try:
         if same is not False and _is_library_gpt(model):

@@ -73,7 +73,7 @@ def for_decoding(model: GPT, dtype: str = "auto", batch_size: int = 1) -> GPT:
         raise ValueError(f"this model was prepared for decoding in {prepared}; to decode in "
                          f"{dtype}, pass the model it was made from")
     dtype = decode_dtype(model, dtype, batch_size)
-    prepared = _copy_in(model, PTDTYPE[dtype]).eval()
+    prepared = _copy_in(model, PTDTYPE[dtype])
     merge_adapters(prepared).requires_grad_(False)  # then decoded like any Linear below
     cpu_linear = cpu_linear_kind(PTDTYPE[dtype]) \
         if next(model.parameters()).device.type == "cpu" else None
@@ -82,7 +82,7 @@ def for_decoding(model: GPT, dtype: str = "auto", batch_size: int = 1) -> GPT:
             for name, child in list(module.named_children()):
                 if type(child) is nn.Linear:  # the small head too: it ran faster packed
                     setattr(module, name, cpu_linear(child))
-    prepared.eval()  # the new layers too
+    prepared.eval()  # after the swaps: the new layers too
     prepared.prepared_for_decoding = dtype
     return prepared
 

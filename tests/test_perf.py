@@ -45,7 +45,8 @@ def test_cpu_has_fast_bf16_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, exp
     device._cpu_bf16_flags.cache_clear()  # read once per process: read this file now
     try:
         assert device.cpu_has_fast_bf16() is expected
-        assert device.cpu_has_fast_bf16() is expected  # and kept
+        cpuinfo.write_text("processor : 0\nflags : " + ("fpu" if expected else "amx_bf16"))
+        assert device.cpu_has_fast_bf16() is expected  # read once: the answer is kept
     finally:
         device._cpu_bf16_flags.cache_clear()  # the real file again for the tests after this
     monkeypatch.setenv("NANOGPT_CPU_BF16", "0" if expected else "1")  # runs as the other kind
